@@ -1,0 +1,68 @@
+"""Turning a PyTorch module into an ONNX file: the dynamo exporter, external data, and checks."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from qconv.errors import QconvError
+
+# Protobuf cannot serialise a message over 2 GiB; stay clear of it.
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000
+MIN_OPSET, MAX_OPSET = 18, 23
+
+
+def parameter_bytes(module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def external_data_name(onnx_file: Path) -> str:
+    # optimum / sentence-transformers convention: model.onnx -> model.onnx_data
+    return onnx_file.name + "_data"
+
+
+def export_module(module, example_inputs: tuple, path: Path, *, input_names: Sequence[str],
+                  output_names: Sequence[str], dynamic_axes: dict[str, dict[int, str]], opset: int,
+                  external_data: bool | None) -> bool:
+    """Export with torch's dynamo exporter; returns whether weights went to external data."""
+    import onnx_ir as ir
+    import torch
+
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise QconvError(f"--opset {opset} is not supported (the exporter handles {MIN_OPSET} to {MAX_OPSET})")
+    dims: dict[str, object] = {}
+    dynamic_shapes = {
+        name: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
+        for name, axes in dynamic_axes.items() if name in input_names
+    }
+    if external_data is None:
+        external_data = parameter_bytes(module) > EXTERNAL_DATA_THRESHOLD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chatter = io.StringIO()
+    # The exporter prints progress lines and warnings of its own; keep the user's terminal for ours.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                module, example_inputs, dynamo=True, opset_version=opset, input_names=list(input_names),
+                output_names=list(output_names), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            )
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QconvError(f"ONNX export failed: {first[:300]}") from None
+    ir.save(program.model, path, external_data=external_data_name(path) if external_data else None)
+    check_onnx_file(path)
+    return bool(external_data)
+
+
+def check_onnx_file(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QconvError(f"{path} is not a valid ONNX model: {first[:300]}") from None

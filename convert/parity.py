@@ -1,0 +1,96 @@
+"""Export-time parity: the ONNX graph against the PyTorch module on built-in sentences.
+
+Run under right padding, left padding and batch 1, so a pooling or mask bug cannot hide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qconv.errors import QconvError
+from qconv.numerics import cosine_rows
+
+PARITY_TEXTS: tuple[str, ...] = (
+    "What is the capital of China?",
+    "Explain gravity",
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other. It gives weight to physical objects "
+    "and is responsible for the movement of planets around the sun. " * 6,
+    "如何提高借款额度",
+    "为什么我的全部还完之后就没有额度啦？",
+    "",
+    "a",
+    "Ωμέγα, русский, 日本語, emoji 🤗 and code: print('hi')",
+)
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    min_cosine: float = 0.99999
+    # On embeddings scaled to unit max magnitude, so unnormalised outputs are judged alike.
+    max_rel_abs_diff: float = 1e-4
+
+
+def check_embedding_parity(module, tokenizer, onnx_path: Path, max_length: int,
+                           thresholds: ParityThresholds = ParityThresholds()) -> dict:
+    import torch
+
+    from qconv.runtime import open_session
+
+    session = open_session(onnx_path, ["CPUExecutionProvider"])
+    original_side = tokenizer.padding_side
+    ref_rows, onnx_rows, hidden_diffs = [], [], []
+    batched_by_side: dict[str, np.ndarray] = {}
+    try:
+        runs = [("right", list(PARITY_TEXTS)), ("left", list(PARITY_TEXTS))] + [("single", [t]) for t in PARITY_TEXTS]
+        for side, texts in runs:
+            tokenizer.padding_side = original_side if side == "single" else side
+            enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+            feeds = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+            with torch.inference_mode():
+                ref_hidden, ref_emb = module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+            onnx_hidden, onnx_emb = session.run(["last_hidden_state", "sentence_embedding"], feeds)
+            attended = feeds["attention_mask"].astype(bool)
+            hidden_diffs.append(float(np.abs(onnx_hidden[attended] - ref_hidden.numpy()[attended]).max()))
+            ref_rows.append(ref_emb.numpy())
+            onnx_rows.append(onnx_emb)
+            if side != "single":
+                batched_by_side[side] = onnx_emb
+    finally:
+        tokenizer.padding_side = original_side
+    ref = np.concatenate(ref_rows)
+    got = np.concatenate(onnx_rows)
+    singles = np.concatenate(onnx_rows[2:])
+    finite = bool(np.isfinite(got).all() and np.isfinite(ref).all())
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    cosine = cosine_rows(got, ref)
+    padding_cos = min(float(cosine_rows(batched_by_side[s], singles).min()) for s in batched_by_side)
+    result = {
+        "texts": len(PARITY_TEXTS),
+        "runs": "right-padded batch, left-padded batch, batch 1",
+        "cosine_min": float(cosine.min()) if finite else float("nan"),
+        "max_abs_diff": float(np.abs(got - ref).max()),
+        "max_rel_abs_diff": float(np.abs(got - ref).max() / scale),
+        "hidden_max_abs_diff": max(hidden_diffs),
+        "padding_invariance_cosine_min": padding_cos,
+        "finite": finite,
+        "thresholds": {"min_cosine": thresholds.min_cosine, "max_rel_abs_diff": thresholds.max_rel_abs_diff},
+    }
+    result["passed"] = bool(
+        finite and result["cosine_min"] >= thresholds.min_cosine
+        and result["max_rel_abs_diff"] <= thresholds.max_rel_abs_diff
+        and padding_cos >= thresholds.min_cosine
+    )
+    return result
+
+
+def require_parity(result: dict) -> None:
+    if not result["passed"]:
+        raise QconvError(
+            "export parity check failed (ONNX vs PyTorch): cosine_min={cosine_min:.7f}, "
+            "max_abs_diff={max_abs_diff:.2e}, padding_invariance_cosine_min={padding_invariance_cosine_min:.7f}, "
+            "finite={finite}; nothing was written".format(**result)
+        )

@@ -1,0 +1,109 @@
+"""The PyTorch side of an embedding model: the module that is exported, and the reference encoder.
+
+Both use the same pooling code as the graph, so any ONNX/PyTorch difference is the export's alone;
+tests check this encoder against sentence-transformers independently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from qconv.errors import QconvError
+
+from .pooling import pool
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_embedding_module(base_model, pooling: str, normalize: bool):
+    """Wrap a transformers base model so that it returns (last_hidden_state, sentence_embedding)."""
+    torch = _torch()
+
+    class EmbeddingModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = base_model
+
+        def forward(self, input_ids, attention_mask):
+            # No position_ids: RoPE depends only on relative positions, so left padding needs no shift,
+            # and a graph without that input loads in optimum and sentence-transformers as is.
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            embedding = pool(hidden, attention_mask, pooling)
+            if normalize:
+                embedding = torch.nn.functional.normalize(embedding, p=2.0, dim=-1)
+            return hidden, embedding
+
+    return EmbeddingModule().eval()
+
+
+def load_base_model(model_dir: Path):
+    """Load the transformers base model (fp32, safetensors only, no remote code)."""
+    from transformers import AutoModel
+
+    from qconv.console import quiet_libraries
+
+    quiet_libraries()
+    if not any(Path(model_dir).glob("*.safetensors")):
+        raise QconvError(f"{model_dir} has no .safetensors weights (qconv does not unpickle .bin checkpoints)")
+    try:
+        model = AutoModel.from_pretrained(
+            model_dir, dtype=_torch().float32, trust_remote_code=False, use_safetensors=True,
+            attn_implementation="sdpa",
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise QconvError(f"could not load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_tokenizer(model_dir: Path, padding_side: str | None = None):
+    from transformers import AutoTokenizer
+
+    from qconv.console import quiet_libraries
+
+    quiet_libraries()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, use_fast=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise QconvError(f"could not load the tokenizer in {model_dir}: {str(exc).splitlines()[0]}") from None
+    if not tokenizer.is_fast:
+        raise QconvError(f"{model_dir}: qconv needs a fast (tokenizer.json) tokenizer")
+    if padding_side:
+        tokenizer.padding_side = padding_side
+    if tokenizer.pad_token is None:
+        raise QconvError(f"{model_dir}: the tokenizer has no pad token")
+    return tokenizer
+
+
+class TorchEmbedder:
+    """Encode texts with the PyTorch original: same tokenizer, pooling, normalisation and prompt."""
+
+    def __init__(self, model_dir: Path, *, pooling: str, normalize: bool, padding_side: str, max_length: int):
+        self.tokenizer = load_tokenizer(model_dir, padding_side)
+        self.module = build_embedding_module(load_base_model(model_dir), pooling, normalize)
+        self.max_length = max_length
+
+    def encode(self, texts: Sequence[str], *, prompt: str | None = None, batch_size: int = 32,
+               progress=None) -> np.ndarray:
+        torch = _torch()
+        inputs = [(prompt or "") + t for t in texts]
+        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
+        out: np.ndarray | None = None
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = self.tokenizer([inputs[i] for i in idx], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                _, emb = self.module(batch["input_ids"], batch["attention_mask"])
+                if out is None:
+                    out = np.empty((len(inputs), emb.shape[-1]), dtype=np.float32)
+                out[idx] = emb.float().numpy()
+                if progress is not None:
+                    progress(len(idx))
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)

@@ -1,0 +1,205 @@
+"""An artifact directory: its manifest (``qconv.json``), its ONNX variants, and atomic writes.
+
+The manifest is the single source of truth about how every file was made. Writers never touch a
+finished artifact in place: they build in a sibling temporary directory and swap it in when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import QconvError
+
+MANIFEST = "qconv.json"
+MANIFEST_VERSION = 1
+ONNX_DIR = "onnx"
+REPORTS_DIR = "reports"
+CACHE_DIR = ".cache"
+BASE_VARIANT = "model"
+# Packages whose versions decide what an artifact contains; recorded in every manifest.
+RECORDED_PACKAGES = (
+    "qconv", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxscript", "optimum",
+    "optimum-onnx", "sentence-transformers", "datasets", "numpy",
+)
+_NOT_HASHED_DIRS = {CACHE_DIR}
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative POSIX paths), except the manifest and caches."""
+    hashes: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or rel.parts[0] in _NOT_HASHED_DIRS or rel.as_posix() == MANIFEST:
+            continue
+        hashes[rel.as_posix()] = sha256_file(path)
+    return hashes
+
+
+def variant_file(variant: str) -> str:
+    """``model`` -> ``onnx/model.onnx``; ``O2`` -> ``onnx/model_O2.onnx`` (sentence-transformers layout)."""
+    return f"{ONNX_DIR}/model.onnx" if variant == BASE_VARIANT else f"{ONNX_DIR}/model_{variant}.onnx"
+
+
+@contextlib.contextmanager
+def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``target`` only if the block completes.
+
+    On any exception the temporary directory is removed and ``target`` is left exactly as it was.
+    """
+    target = Path(target).resolve()
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise QconvError(f"output directory {target} already exists and is not empty (pass --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    backup = None
+    if target.exists():
+        backup = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, backup)
+    os.replace(tmp, target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False, default=_json_default)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class Artifact:
+    """A directory holding ``qconv.json`` and the files it describes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        manifest = self.path / MANIFEST
+        if not self.path.is_dir():
+            raise QconvError(f"artifact directory {self.path} does not exist")
+        if not manifest.is_file():
+            raise QconvError(f"{self.path} is not a qconv artifact (no {MANIFEST}); create one with 'qconv export'")
+        try:
+            self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QconvError(f"{manifest} is not valid JSON ({exc})") from exc
+        if not isinstance(self.manifest, dict) or "task" not in self.manifest:
+            raise QconvError(f"{manifest} is not a qconv manifest (no 'task' field)")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def variants(self) -> dict[str, dict[str, Any]]:
+        return self.manifest.setdefault("variants", {})
+
+    def variant_path(self, variant: str) -> Path:
+        if variant not in self.variants:
+            known = ", ".join(sorted(self.variants)) or "none"
+            raise QconvError(f"artifact {self.name} has no variant '{variant}' (variants: {known})")
+        path = self.path / self.variants[variant]["file"]
+        if not path.is_file():
+            raise QconvError(f"variant '{variant}' is listed in the manifest but {path} is missing")
+        return path
+
+    def reports_dir(self) -> Path:
+        path = self.path / REPORTS_DIR
+        path.mkdir(exist_ok=True)
+        return path
+
+    def cache_dir(self, kind: str) -> Path:
+        path = self.path / CACHE_DIR / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add_stage(self, stage: dict[str, Any]) -> None:
+        self.manifest.setdefault("stages", []).append({"time": now_iso(), **stage})
+
+    def save(self) -> None:
+        """Rewrite the manifest with fresh file hashes (reports and variants may have been added)."""
+        self.manifest["files"] = hash_tree(self.path)
+        self.manifest["updated"] = now_iso()
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def write_new_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    manifest = {"manifest_version": MANIFEST_VERSION, "created": now_iso(), **manifest}
+    manifest["packages"] = package_versions()
+    manifest["files"] = hash_tree(directory)
+    write_json_atomic(directory / MANIFEST, manifest)
+
+
+def find_artifact(path: str | Path | None, root: str | Path = "artifacts") -> Artifact:
+    """The artifact named on the command line, else ``$QCONV_ARTIFACT``, else the only one under ``root``."""
+    if path:
+        return Artifact(path)
+    env = os.environ.get("QCONV_ARTIFACT")
+    if env:
+        return Artifact(env)
+    root = Path(root)
+    found = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
+    if not found:
+        raise QconvError(f"no artifact given and none found under {root.resolve()}/ (pass ARTIFACT or set QCONV_ARTIFACT)")
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found)
+        raise QconvError(f"several artifacts under {root}/, pass one of: {names}")
+    return Artifact(found[0])

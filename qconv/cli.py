@@ -1,0 +1,126 @@
+"""The ``qconv`` command line: parsing and printing only; every command calls the Python API."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .errors import QconvError
+
+
+def _split_providers(value: str | None) -> list[str] | None:
+    return [p for p in value.split(",") if p.strip()] if value else None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qconv")
+def cli() -> None:
+    """Turn Qwen3 embedding and reranker models into fast, verified ONNX artifacts."""
+
+
+@cli.group()
+def export() -> None:
+    """Export a model to an ONNX artifact."""
+
+
+@export.command("embedding")
+@click.option("--model", "model", default="Qwen/Qwen3-Embedding-0.6B", show_default=True,
+              help="Local model directory or Hugging Face Hub id.")
+@click.option("--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>].")
+@click.option("--pooling", default="auto", show_default=True, help="auto | lasttoken | mean | cls.")
+@click.option("--no-normalize", is_flag=True, help="Do not L2-normalise sentence_embedding.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights beside the graph [default: only when over 2 GB].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
+def export_embedding_cmd(model, output, pooling, no_normalize, opset, revision, external_data, overwrite) -> None:
+    """Export a sentence-embedding model (Qwen3-Embedding, BERT-family sentence-transformers)."""
+    from qconv.convert.export import export_embedding
+
+    export_embedding(model, output, pooling=pooling, normalize=not no_normalize, opset=opset, revision=revision,
+                     external_data=external_data, overwrite=overwrite)
+
+
+@cli.command()
+@click.argument("artifact", required=False)
+@click.option("--dataset", required=True, help="sts12 | bq.")
+@click.option("--variant", default="model", show_default=True, help="ONNX variant (onnx/model_<variant>.onnx).")
+@click.option("--data-files", type=click.Path(dir_okay=False), help="Local JSONL/Parquet/CSV in the dataset's schema.")
+@click.option("--split", help="Dataset split [default: the dataset's evaluation split].")
+@click.option("--limit", type=int, help="Evaluate only the first N pairs.")
+@click.option("--reference", help="PyTorch reference model [default: the manifest's source model].")
+@click.option("--providers", help="Comma-separated onnxruntime execution providers [default: CPU].")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--instruction", help="Instruction for instruction-following models ('' for none).")
+@click.option("--dim", type=int, help="Matryoshka: truncate embeddings to D dimensions and renormalise.")
+@click.option("--min-cosine", type=float, help="Gate: minimum per-text cosine (parity.cosine_min).")
+@click.option("--min-cosine-mean", type=float, help="Gate: minimum mean per-text cosine.")
+@click.option("--max-delta", type=float, help="Gate: maximum |candidate - reference| of the main metric.")
+@click.option("--offline", is_flag=True, help="Do not try the Hub; use --data-files or the bundled sample.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the JSON report on stdout.")
+def validate(artifact, dataset, variant, data_files, split, limit, reference, providers, batch_size, instruction,
+             dim, min_cosine, min_cosine_mean, max_delta, offline, as_json) -> None:
+    """Validate an ONNX variant against the PyTorch original (exit 1 when a threshold fails)."""
+    from qconv.artifact import find_artifact
+    from qconv.console import console
+    from qconv.errors import GateFailed
+    from qconv.validate.report import to_json
+    from qconv.validate.runner import validate_embedding
+
+    if as_json:
+        console.file = sys.stderr  # stdout carries only the JSON document
+    art = find_artifact(artifact)
+    report = validate_embedding(
+        art, dataset, variant=variant, data_files=data_files, split=split, limit=limit, reference=reference,
+        providers=_split_providers(providers), batch_size=batch_size, instruction=instruction, dim=dim,
+        min_cosine=min_cosine, min_cosine_mean=min_cosine_mean, max_abs_delta=max_delta, offline=offline,
+        raise_on_fail=False,
+    )
+    if as_json:
+        click.echo(to_json(report))
+    if not report["passed"]:
+        raise GateFailed(f"validation failed for {variant} on {dataset}: {'; '.join(report['failures'])}")
+
+
+@cli.command()
+@click.option("--output-root", default="artifacts", show_default=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=int, help="Validate on the first N pairs only.")
+def demo(output_root, limit) -> None:
+    """Offline end-to-end demo: export a built-in random Qwen3 embedding model and validate it on STS12."""
+    from qconv.demo import run_demo
+
+    run_demo(output_root, limit=limit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit status 2 (1 for a failed gate)."""
+    try:
+        cli.main(args=argv, prog_name="qconv", standalone_mode=False)
+    except QconvError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("QCONV_DEBUG"):
+            raise
+        click.echo(f"error: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                   f"(set QCONV_DEBUG=1 for the traceback)", err=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Validation of ONNX variants against the PyTorch original: datasets, reference runner, metrics, reports."""

@@ -1,0 +1,167 @@
+"""Validation datasets as declarative metadata (the way mteb describes tasks), and their loaders.
+
+Each spec pins the Hub revision it was written against; that revision is echoed in every report.
+Loading order: ``--data-files`` if given, else the Hub (``datasets.load_dataset``), else, when the Hub is
+unreachable, the bundled sample shipped with qconv, and the report says so (``source: bundled-sample``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from qconv.console import console
+from qconv.errors import QconvError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    hub_path: str
+    revision: str
+    split: str
+    kind: Literal["pairs", "rerank"]
+    columns: tuple[str, ...]
+    main_metric: str
+    bundled_sample: str
+    description: str
+    language: str
+    # Instruction for instruction-following embedders (e5/Qwen3 style), applied to both sides of a pair.
+    instruction: str | None = None
+    score_range: tuple[float, float] = (0.0, 5.0)
+    reference: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    DATASETS[spec.name] = spec
+    return spec
+
+
+register(DatasetSpec(
+    name="sts12", hub_path="mteb/sts12-sts", revision="a0d554a64d88156834ff5ae9920b964011b16384", split="test",
+    kind="pairs", columns=("sentence1", "sentence2", "score"), main_metric="cosine_spearman",
+    bundled_sample="sts12_test_sample.jsonl", description="SemEval-2012 STS (English)", language="en",
+    instruction="Retrieve semantically similar text.", score_range=(0.0, 5.0),
+    reference="https://www.aclweb.org/anthology/S12-1051.pdf",
+))
+register(DatasetSpec(
+    name="bq", hub_path="C-MTEB/BQ", revision="e3dda5e115e487b39ec7e618c0c6a29137052a55", split="test",
+    kind="pairs", columns=("sentence1", "sentence2", "score"), main_metric="cosine_spearman",
+    bundled_sample="bq_test_sample.jsonl", description="BQ bank question similarity (Chinese, C-MTEB)",
+    language="zh", instruction="Retrieve semantically similar text.", score_range=(0.0, 1.0),
+    reference="https://aclanthology.org/2021.emnlp-main.357",
+))
+
+
+def dataset_spec(name: str, kind: str | None = None) -> DatasetSpec:
+    spec = DATASETS.get(name)
+    if spec is None or (kind is not None and spec.kind != kind):
+        known = ", ".join(n for n, s in DATASETS.items() if kind is None or s.kind == kind)
+        raise QconvError(f"unknown dataset '{name}' (known: {known})")
+    return spec
+
+
+@dataclass(frozen=True)
+class PairData:
+    sentence1: list[str]
+    sentence2: list[str]
+    scores: list[float]
+    source: str  # "hub", "data-files" or "bundled-sample"
+    location: str  # Hub path@revision or the file
+    split: str
+    fingerprint: str  # sha256 of the rows actually evaluated
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+_LOADERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _load_file(path: Path):
+    import datasets
+
+    builder = _LOADERS.get(path.suffix.lower())
+    if builder is None:
+        raise QconvError(f"{path}: unsupported data file type '{path.suffix}' (use JSONL, Parquet or CSV)")
+    if not path.is_file():
+        raise QconvError(f"data file {path} does not exist")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QconvError(f"cannot read {path}: {first[:200]}") from None
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def bundled_sample_path(spec: DatasetSpec) -> Path:
+    return Path(str(resources.files("qconv.validate").joinpath("data", spec.bundled_sample)))
+
+
+def load_rows(spec: DatasetSpec, data_files: str | Path | None, split: str | None, offline: bool):
+    """Rows as a ``datasets.Dataset`` plus (source, location, split)."""
+    import datasets
+
+    split = split or spec.split
+    if data_files:
+        path = Path(data_files)
+        return _load_file(path), "data-files", str(path), split
+    if not offline and not hub_offline():
+        try:
+            rows = datasets.load_dataset(spec.hub_path, revision=spec.revision, split=split)
+            return rows, "hub", f"{spec.hub_path}@{spec.revision}", split
+        except Exception as exc:  # unreachable Hub: fall back to the bundled sample, loudly
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            console.print(f"[yellow]could not load {spec.hub_path} from the Hub ({reason}); "
+                          f"using the bundled sample[/]")
+    path = bundled_sample_path(spec)
+    console.print(f"[yellow]dataset {spec.name}: using the bundled sample {path.name} "
+                  f"(source: bundled-sample), not the full {spec.hub_path} split[/]")
+    return _load_file(path), "bundled-sample", f"qconv/validate/data/{path.name}", split
+
+
+def require_columns(rows, columns: tuple[str, ...], where: str) -> None:
+    missing = [c for c in columns if c not in rows.column_names]
+    if missing:
+        raise QconvError(f"{where} lacks column(s) {', '.join(missing)} "
+                         f"(has: {', '.join(rows.column_names) or 'none'}; expected {', '.join(columns)})")
+
+
+def fingerprint_rows(rows: list) -> str:
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def load_pairs(spec: DatasetSpec, *, data_files: str | Path | None = None, split: str | None = None,
+               limit: int | None = None, offline: bool = False) -> PairData:
+    rows, source, location, split = load_rows(spec, data_files, split, offline)
+    require_columns(rows, spec.columns, f"dataset {location}")
+    if limit is not None:
+        if limit < 1:
+            raise QconvError(f"--limit must be positive, got {limit}")
+        rows = rows.select(range(min(limit, len(rows))))
+    s1, s2, scores = list(rows["sentence1"]), list(rows["sentence2"]), list(rows["score"])
+    try:
+        scores = [float(s) for s in scores]
+    except (TypeError, ValueError):
+        raise QconvError(f"dataset {location}: column 'score' must be numeric") from None
+    if not all(isinstance(t, str) for t in s1 + s2):
+        raise QconvError(f"dataset {location}: sentence1/sentence2 must be strings")
+    if len(scores) < 2:
+        raise QconvError(f"dataset {location} has {len(scores)} pair(s); correlations need at least 2")
+    fingerprint = fingerprint_rows([[a, b, c] for a, b, c in zip(s1, s2, scores)])
+    return PairData(s1, s2, scores, source, location, split, fingerprint)
