@@ -79,7 +79,8 @@ def export_embedding(model: str = DEFAULT_EMBEDDING_MODEL, output: str | Path | 
                 opset=opset, external_data=external_data,
             )
         with console.status("checking ONNX against PyTorch"):
-            parity = check_embedding_parity(module, tokenizer, onnx_path, max_length, thresholds)
+            parity = check_embedding_parity(module, tokenizer, onnx_path, max_length, thresholds,
+                                            invariant_sides=spec.padding_sides)
         print_parity(parity)
         require_parity(parity)
         shutil.copyfile(source.path / "config.json", tmp / "config.json")

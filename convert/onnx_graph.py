@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from qconv.errors import QconvError
+from qconv.errors import QconvError, one_line
 
 # Protobuf cannot serialise a message over 2 GiB; stay clear of it.
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
@@ -51,8 +51,7 @@ def export_module(module, example_inputs: tuple, path: Path, *, input_names: Seq
                 output_names=list(output_names), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
             )
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise QconvError(f"ONNX export failed: {first[:300]}") from None
+            raise QconvError(f"ONNX export failed: {one_line(exc)}") from None
     ir.save(program.model, path, external_data=external_data_name(path) if external_data else None)
     check_onnx_file(path)
     return bool(external_data)
@@ -64,5 +63,4 @@ def check_onnx_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QconvError(f"{path} is not a valid ONNX model: {first[:300]}") from None
+        raise QconvError(f"{path} is not a valid ONNX model: {one_line(exc)}") from None

@@ -35,7 +35,9 @@ class ParityThresholds:
 
 
 def check_embedding_parity(module, tokenizer, onnx_path: Path, max_length: int,
-                           thresholds: ParityThresholds = ParityThresholds()) -> dict:
+                           thresholds: ParityThresholds = ParityThresholds(),
+                           invariant_sides: tuple[str, ...] = ("right", "left")) -> dict:
+    """ONNX == PyTorch under both padding sides and batch 1; padded == batch 1 for ``invariant_sides``."""
     import torch
 
     from qconv.runtime import open_session
@@ -57,7 +59,7 @@ def check_embedding_parity(module, tokenizer, onnx_path: Path, max_length: int,
             hidden_diffs.append(float(np.abs(onnx_hidden[attended] - ref_hidden.numpy()[attended]).max()))
             ref_rows.append(ref_emb.numpy())
             onnx_rows.append(onnx_emb)
-            if side != "single":
+            if side in invariant_sides:
                 batched_by_side[side] = onnx_emb
     finally:
         tokenizer.padding_side = original_side
@@ -71,6 +73,7 @@ def check_embedding_parity(module, tokenizer, onnx_path: Path, max_length: int,
     result = {
         "texts": len(PARITY_TEXTS),
         "runs": "right-padded batch, left-padded batch, batch 1",
+        "padding_invariance_sides": list(invariant_sides),
         "cosine_min": float(cosine.min()) if finite else float("nan"),
         "max_abs_diff": float(np.abs(got - ref).max()),
         "max_rel_abs_diff": float(np.abs(got - ref).max() / scale),

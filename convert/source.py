@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qconv.artifact import sha256_file
-from qconv.errors import QconvError
+from qconv.errors import QconvError, first_sentence
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Files that make up a model's behaviour; their hashes identify a local model without a revision.
@@ -72,13 +72,26 @@ def _download(repo_id: str, revision: str | None) -> SourceModel:
         except Exception:  # offline with a warm cache: the snapshot directory name is the commit
             resolved = Path(local).name
     except Exception as exc:  # any Hub failure (offline, 404, auth) becomes one actionable line
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = _hub_failure_reason(exc)
         raise QconvError(
             f"could not get '{repo_id}' from the Hugging Face Hub ({reason}); offline or without access, "
             f"pass --model DIR with a local copy"
         ) from None
     local_path = Path(local)
     return SourceModel(local_path, repo_id, "hub", resolved, content_hash(local_path))
+
+
+def _hub_failure_reason(exc: BaseException) -> str:
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    known = [
+        (GatedRepoError, "the repository is gated: accept its terms and set HF_TOKEN"),
+        (RevisionNotFoundError, "no such revision"),
+        (RepositoryNotFoundError, "no such repository, or it is private"),
+        (LocalEntryNotFoundError, "the Hub is unreachable and the model is not in the local cache"),
+    ]
+    return next((text for kind, text in known if isinstance(exc, kind)), first_sentence(exc))
 
 
 def load_config_dict(model_dir: Path) -> dict:

@@ -30,6 +30,9 @@ class EmbeddingSpec:
     default_max_length: ClassVar[int] = 512
     # Hard cap on sequence length, whatever the config says (memory for a single batch).
     max_length_cap: ClassVar[int] = 8192
+    # Padding sides under which a padded batch must give the same embeddings as batch 1. Rotary models
+    # are invariant to both; absolute-position models (BERT) only to right padding, as they are trained.
+    padding_sides: ClassVar[tuple[str, ...]] = ("right", "left")
 
     def prompt_for(self, instruction: str | None) -> str | None:
         if instruction is None or self.instruction_template is None:
@@ -79,3 +82,4 @@ class BertEmbeddingSpec(EmbeddingSpec):
     default_pooling = "mean"
     default_max_length = 512
     max_length_cap = 512
+    padding_sides = ("right",)

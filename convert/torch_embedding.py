@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from qconv.errors import QconvError
+from qconv.errors import QconvError, one_line
 
 from .pooling import pool
 
@@ -58,7 +58,7 @@ def load_base_model(model_dir: Path):
             attn_implementation="sdpa",
         )
     except (OSError, ValueError, KeyError) as exc:
-        raise QconvError(f"could not load the model in {model_dir}: {str(exc).splitlines()[0]}") from None
+        raise QconvError(f"could not load the model in {model_dir}: {one_line(exc)}") from None
     return model.eval()
 
 
@@ -71,7 +71,7 @@ def load_tokenizer(model_dir: Path, padding_side: str | None = None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, use_fast=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise QconvError(f"could not load the tokenizer in {model_dir}: {str(exc).splitlines()[0]}") from None
+        raise QconvError(f"could not load the tokenizer in {model_dir}: {one_line(exc)}") from None
     if not tokenizer.is_fast:
         raise QconvError(f"{model_dir}: qconv needs a fast (tokenizer.json) tokenizer")
     if padding_side:

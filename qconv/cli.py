@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .errors import QconvError
+from .errors import QconvError, one_line
 
 
 def _split_providers(value: str | None) -> list[str] | None:
@@ -65,20 +65,18 @@ def validate(artifact, dataset, variant, data_files, split, limit, reference, pr
              dim, min_cosine, min_cosine_mean, max_delta, offline, as_json) -> None:
     """Validate an ONNX variant against the PyTorch original (exit 1 when a threshold fails)."""
     from qconv.artifact import find_artifact
-    from qconv.console import console
+    from qconv.console import console_on_stderr
     from qconv.errors import GateFailed
     from qconv.validate.report import to_json
     from qconv.validate.runner import validate_embedding
 
-    if as_json:
-        console.file = sys.stderr  # stdout carries only the JSON document
-    art = find_artifact(artifact)
-    report = validate_embedding(
-        art, dataset, variant=variant, data_files=data_files, split=split, limit=limit, reference=reference,
-        providers=_split_providers(providers), batch_size=batch_size, instruction=instruction, dim=dim,
-        min_cosine=min_cosine, min_cosine_mean=min_cosine_mean, max_abs_delta=max_delta, offline=offline,
-        raise_on_fail=False,
-    )
+    with console_on_stderr(as_json):
+        report = validate_embedding(
+            find_artifact(artifact), dataset, variant=variant, data_files=data_files, split=split, limit=limit,
+            reference=reference, providers=_split_providers(providers), batch_size=batch_size,
+            instruction=instruction, dim=dim, min_cosine=min_cosine, min_cosine_mean=min_cosine_mean,
+            max_abs_delta=max_delta, offline=offline, raise_on_fail=False,
+        )
     if as_json:
         click.echo(to_json(report))
     if not report["passed"]:
@@ -116,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
         if os.environ.get("QCONV_DEBUG"):
             raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+        click.echo(f"error: internal error: {type(exc).__name__}: {one_line(exc)} "
                    f"(set QCONV_DEBUG=1 for the traceback)", err=True)
         return 3
     return 0

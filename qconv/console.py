@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 
 from rich.console import Console
 
@@ -16,7 +18,24 @@ def quiet_libraries() -> None:
     versions (its check only exempts configs written by <= 4.57.2); the tokenizer is not changed. The
     ONNX exporter logs that torchvision is absent, which qconv never needs.
     """
+    import datasets
+    import huggingface_hub
     import transformers
 
     transformers.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()  # qconv shows its own progress; "Generating train split" is noise
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def console_on_stderr(enabled: bool = True):
+    """Send progress and tables to stderr so that stdout carries only a machine-readable document."""
+    previous = console._file  # None means "sys.stdout at print time": restore exactly that
+    if enabled:
+        console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console._file = previous

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .artifact import Artifact
-from .errors import QconvError
+from .errors import QconvError, one_line
 
 
 def _available_providers() -> list[str]:
@@ -41,8 +41,7 @@ def open_session(model_path: Path, providers: Sequence[str], threads: int | None
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt or invalid graphs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QconvError(f"onnxruntime cannot load {model_path}: {first[:300]}") from None
+        raise QconvError(f"onnxruntime cannot load {model_path}: {one_line(exc)}") from None
 
 
 def load_fast_tokenizer(artifact_dir: Path, *, padding_side: str, max_length: int):

