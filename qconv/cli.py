@@ -68,7 +68,7 @@ def validate(artifact, dataset, variant, data_files, split, limit, reference, pr
     from qconv.console import console_on_stderr
     from qconv.errors import GateFailed
     from qconv.validate.report import to_json
-    from qconv.validate.runner import validate_embedding
+    from qconv.validate.embedding import validate_embedding
 
     with console_on_stderr(as_json):
         report = validate_embedding(

@@ -18,7 +18,7 @@ def demo_source_dir() -> Path:
 
 def run_demo(output_root: str | Path = "artifacts", limit: int | None = None) -> dict:
     from qconv.convert.export import export_embedding
-    from qconv.validate.runner import validate_embedding
+    from qconv.validate.embedding import validate_embedding
 
     console.print(f"[bold yellow]demo model {DEMO_MODEL_NAME}: {RANDOM_WEIGHTS_NOTE}[/]")
     source = demo_source_dir()

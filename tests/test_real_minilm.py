@@ -15,7 +15,7 @@ from qconv.artifact import Artifact
 from qconv.convert.torch_embedding import TorchEmbedder
 from qconv.runtime import Embedder
 from qconv.validate.datasets import dataset_spec, load_pairs
-from qconv.validate.runner import validate_embedding
+from qconv.validate.embedding import validate_embedding
 
 
 def cosines(a, b):

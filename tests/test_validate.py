@@ -7,7 +7,7 @@ import pytest
 from qconv.artifact import Artifact, find_artifact
 from qconv.errors import GateFailed, QconvError
 from qconv.validate.datasets import dataset_spec, load_pairs
-from qconv.validate.runner import validate_embedding
+from qconv.validate.embedding import validate_embedding
 
 REQUIRED_KEYS = ["dataset", "split", "source", "n_pairs", "variant", "providers", "metric", "reference",
                  "candidate", "delta", "parity", "thresholds", "passed"]

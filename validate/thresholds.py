@@ -1,33 +1,59 @@
-"""Default validation gates per variant precision (documented in the README, overridable by flags).
+"""Validation gates: defaults per task and variant precision (documented in the README, flag-overridable).
 
-Keys: ``min_cosine`` (parity.cosine_min), ``min_cosine_mean`` (parity.cosine_mean) and
-``max_abs_delta`` (|candidate - reference| on the task's main metric). A missing key is not checked.
+A gate names a value in the report and a bound. A missing key is not checked; NaN never passes.
 """
 
 from __future__ import annotations
 
-DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"min_cosine": 0.99999, "max_abs_delta": 1e-4},
-    "fp16": {"min_cosine": 0.999},
-    "int8": {"max_abs_delta": 0.01, "min_cosine_mean": 0.99},
-    "q4": {"max_abs_delta": 0.02},
-    "q4f16": {"max_abs_delta": 0.02},
+import operator
+from typing import Any
+
+# gate key -> (dotted path of the value in the report, comparison that must hold, shown as)
+GATES: dict[str, tuple[str, Any, str]] = {
+    "min_cosine": ("parity.cosine_min", operator.ge, ">="),
+    "min_cosine_mean": ("parity.cosine_mean", operator.ge, ">="),
+    "max_abs_delta": ("abs_delta", operator.le, "<="),
+    "max_abs_score_diff": ("parity.max_abs_diff", operator.le, "<="),
+    "min_top1_agreement": ("parity.top1_agreement", operator.ge, ">="),
+}
+
+DEFAULT_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
+    "embedding": {
+        "fp32": {"min_cosine": 0.99999, "max_abs_delta": 1e-4},
+        "fp16": {"min_cosine": 0.999},
+        "int8": {"max_abs_delta": 0.01, "min_cosine_mean": 0.99},
+        "q4": {"max_abs_delta": 0.02},
+        "q4f16": {"max_abs_delta": 0.02},
+    },
+    "reranker": {
+        "fp32": {"max_abs_score_diff": 1e-4, "min_top1_agreement": 1.0},
+    },
 }
 
 
-def thresholds_for(precision: str, overrides: dict[str, float | None] | None = None) -> dict[str, float]:
-    chosen = dict(DEFAULT_THRESHOLDS.get(precision, DEFAULT_THRESHOLDS["fp32"]))
+def thresholds_for(task: str, precision: str, overrides: dict[str, float | None] | None = None) -> dict[str, float]:
+    """Defaults for a task and precision (fp32's, the strictest, for a precision without its own)."""
+    per_task = DEFAULT_THRESHOLDS[task]
+    chosen = dict(per_task.get(precision, per_task["fp32"]))
     chosen.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return chosen
 
 
-def check(thresholds: dict[str, float], *, cosine_min: float, cosine_mean: float, delta: float) -> list[str]:
-    """Human-readable failures (empty when every gate holds). NaN never passes."""
+def _lookup(report: dict, path: str) -> float:
+    if path == "abs_delta":
+        return abs(report["delta"])
+    value: Any = report
+    for part in path.split("."):
+        value = value[part]
+    return float(value)
+
+
+def check(thresholds: dict[str, float], report: dict) -> list[str]:
+    """Human-readable failures (empty when every gate holds)."""
     failures = []
-    if "min_cosine" in thresholds and not cosine_min >= thresholds["min_cosine"]:
-        failures.append(f"parity.cosine_min {cosine_min:.6f} < {thresholds['min_cosine']}")
-    if "min_cosine_mean" in thresholds and not cosine_mean >= thresholds["min_cosine_mean"]:
-        failures.append(f"parity.cosine_mean {cosine_mean:.6f} < {thresholds['min_cosine_mean']}")
-    if "max_abs_delta" in thresholds and not abs(delta) <= thresholds["max_abs_delta"]:
-        failures.append(f"|delta| {abs(delta):.2e} > {thresholds['max_abs_delta']}")
+    for key, bound in thresholds.items():
+        path, holds, shown = GATES[key]
+        value = _lookup(report, path)
+        if not holds(value, bound):  # NaN compares false: it fails
+            failures.append(f"{path} {value:.6g} not {shown} {bound}")
     return failures
