@@ -97,3 +97,43 @@ def require_parity(result: dict) -> None:
             "max_abs_diff={max_abs_diff:.2e}, padding_invariance_cosine_min={padding_invariance_cosine_min:.7f}, "
             "finite={finite}; nothing was written".format(**result)
         )
+
+
+def check_reranker_parity(module, fmt: str, sequences: list[list[int]], onnx_path: Path, pad_id: int,
+                          yes_id: int | None, no_id: int | None, tolerance: float = 1e-5) -> dict:
+    """P(yes) from the ONNX graph vs the PyTorch module: left/right-padded batches and batch 1."""
+    import torch
+
+    from qconv.rerank_template import pad_batch
+    from qconv.reranking import yes_probability
+    from qconv.runtime import open_session
+
+    session = open_session(onnx_path, ["CPUExecutionProvider"])
+    diffs, by_run = [], {}
+    runs = [("left", sequences), ("right", sequences)] + [(f"single{i}", [s]) for i, s in enumerate(sequences)]
+    for name, batch in runs:
+        ids, mask = pad_batch(batch, pad_id, "right" if name == "right" else "left")
+        with torch.inference_mode():
+            ref_logits = module(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
+        (onnx_logits,) = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+        ref = yes_probability(fmt, ref_logits, mask, yes_id, no_id)
+        got = yes_probability(fmt, onnx_logits, mask, yes_id, no_id)
+        diffs.append(float(np.abs(ref - got).max()))
+        by_run[name] = got
+    singles = np.concatenate([by_run[f"single{i}"] for i in range(len(sequences))])
+    padding = max(float(np.abs(by_run[side] - singles).max()) for side in ("left", "right"))
+    finite = all(np.isfinite(v).all() for v in by_run.values())
+    max_diff = max(diffs)
+    return {
+        "pairs": len(sequences), "runs": "left-padded batch, right-padded batch, batch 1",
+        "max_abs_diff": max_diff, "padding_invariance_max_abs_diff": padding, "finite": bool(finite),
+        "tolerance": tolerance, "passed": bool(finite and max_diff <= tolerance and padding <= tolerance),
+    }
+
+
+def require_reranker_parity(result: dict) -> None:
+    if not result["passed"]:
+        raise QconvError(
+            "export parity check failed (ONNX vs PyTorch P(yes)): max_abs_diff={max_abs_diff:.2e}, "
+            "padding_invariance_max_abs_diff={padding_invariance_max_abs_diff:.2e}, finite={finite}; "
+            "nothing was written".format(**result))

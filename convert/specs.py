@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from qconv.errors import QconvError
+from qconv.rerank_template import QWEN3_RERANKER_TEMPLATE, RerankTemplate
 
 Pooling = Literal["lasttoken", "mean", "cls"]
 POOLING_MODES: tuple[str, ...] = ("lasttoken", "mean", "cls")
@@ -83,3 +84,39 @@ class BertEmbeddingSpec(EmbeddingSpec):
     default_max_length = 512
     max_length_cap = 512
     padding_sides = ("right",)
+
+
+class RerankerSpec:
+    """How an architecture's causal LM becomes a yes/no relevance scorer."""
+
+    model_type: ClassVar[str]
+    template: ClassVar[RerankTemplate]
+    yes_token: ClassVar[str] = "yes"
+    no_token: ClassVar[str] = "no"
+    causal_architectures: ClassVar[tuple[str, ...]]
+    seqcls_architectures: ClassVar[tuple[str, ...]]
+    default_max_length: ClassVar[int] = 8192
+
+
+_RERANKER_SPECS: dict[str, RerankerSpec] = {}
+
+
+def register_reranker(cls: type[RerankerSpec]) -> type[RerankerSpec]:
+    _RERANKER_SPECS[cls.model_type] = cls()
+    return cls
+
+
+def reranker_spec(model_type: str) -> RerankerSpec:
+    try:
+        return _RERANKER_SPECS[model_type]
+    except KeyError:
+        supported = ", ".join(sorted(_RERANKER_SPECS))
+        raise QconvError(f"unsupported architecture '{model_type}' for reranker export (supported: {supported})") from None
+
+
+@register_reranker
+class Qwen3RerankerSpec(RerankerSpec):
+    model_type = "qwen3"
+    template = QWEN3_RERANKER_TEMPLATE
+    causal_architectures = ("Qwen3ForCausalLM",)
+    seqcls_architectures = ("Qwen3ForSequenceClassification",)

@@ -43,6 +43,11 @@ def build_embedding_module(base_model, pooling: str, normalize: bool):
     return EmbeddingModule().eval()
 
 
+def require_safetensors(model_dir: Path) -> None:
+    if not any(Path(model_dir).glob("*.safetensors")):
+        raise QconvError(f"{model_dir} has no .safetensors weights (qconv does not unpickle .bin checkpoints)")
+
+
 def load_base_model(model_dir: Path):
     """Load the transformers base model (fp32, safetensors only, no remote code)."""
     from transformers import AutoModel
@@ -50,8 +55,7 @@ def load_base_model(model_dir: Path):
     from qconv.console import quiet_libraries
 
     quiet_libraries()
-    if not any(Path(model_dir).glob("*.safetensors")):
-        raise QconvError(f"{model_dir} has no .safetensors weights (qconv does not unpickle .bin checkpoints)")
+    require_safetensors(model_dir)
     try:
         model = AutoModel.from_pretrained(
             model_dir, dtype=_torch().float32, trust_remote_code=False, use_safetensors=True,

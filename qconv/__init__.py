@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-__all__ = ["Embedder", "__version__"]
+__all__ = ["Embedder", "Reranker", "__version__"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from .runtime import Embedder
 
         return Embedder
+    if name == "Reranker":
+        from .reranking import Reranker
+
+        return Reranker
     raise AttributeError(name)

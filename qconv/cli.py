@@ -44,39 +44,84 @@ def export_embedding_cmd(model, output, pooling, no_normalize, opset, revision, 
                      external_data=external_data, overwrite=overwrite)
 
 
+@export.command("reranker")
+@click.option("--model", "model", default="Qwen/Qwen3-Reranker-0.6B", show_default=True,
+              help="Qwen3-Reranker checkpoint (causal LM) or a converted seq-cls checkpoint; directory or Hub id.")
+@click.option("--seq-cls", "seq_cls", is_flag=True,
+              help="Export a one-logit classification head (W[yes] - W[no]); without it, the causal-LM format.")
+@click.option("--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>-<format>].")
+@click.option("--instruction", help="Default instruction stored in the artifact.")
+@click.option("--max-length", type=int, help="Token budget per pair (template included) [default: 8192].")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights beside the graph [default: only when over 2 GB].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
+def export_reranker_cmd(model, seq_cls, output, instruction, max_length, opset, revision, external_data, overwrite) -> None:
+    """Export a Qwen3-Reranker; --seq-cls is the fast, exact format."""
+    from qconv.convert.reranker_export import export_reranker
+
+    export_reranker(model, output, seq_cls=seq_cls, instruction=instruction, max_length=max_length, opset=opset,
+                    revision=revision, external_data=external_data, overwrite=overwrite)
+
+
+def _only_for(kind: str, dataset: str, **given) -> None:
+    used = [name for name, value in given.items() if value is not None]
+    if used:
+        flags = ", ".join("--" + name.replace("_", "-") for name in used)
+        verb = "does" if len(used) == 1 else "do"
+        raise QconvError(f"{flags} {verb} not apply to dataset '{dataset}' ({kind} validation)")
+
+
 @cli.command()
 @click.argument("artifact", required=False)
-@click.option("--dataset", required=True, help="sts12 | bq.")
+@click.option("--dataset", required=True, help="sts12 | bq (embedding), msmarco (reranker).")
 @click.option("--variant", default="model", show_default=True, help="ONNX variant (onnx/model_<variant>.onnx).")
 @click.option("--data-files", type=click.Path(dir_okay=False), help="Local JSONL/Parquet/CSV in the dataset's schema.")
 @click.option("--split", help="Dataset split [default: the dataset's evaluation split].")
-@click.option("--limit", type=int, help="Evaluate only the first N pairs.")
+@click.option("--limit", type=int, help="Evaluate only the first N pairs (queries for msmarco).")
+@click.option("--max-candidates", type=int, help="msmarco: candidates per query, positives first [default: 30].")
 @click.option("--reference", help="PyTorch reference model [default: the manifest's source model].")
 @click.option("--providers", help="Comma-separated onnxruntime execution providers [default: CPU].")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, help="Texts (or pairs) per batch [default: 32, msmarco 8].")
 @click.option("--instruction", help="Instruction for instruction-following models ('' for none).")
 @click.option("--dim", type=int, help="Matryoshka: truncate embeddings to D dimensions and renormalise.")
 @click.option("--min-cosine", type=float, help="Gate: minimum per-text cosine (parity.cosine_min).")
 @click.option("--min-cosine-mean", type=float, help="Gate: minimum mean per-text cosine.")
 @click.option("--max-delta", type=float, help="Gate: maximum |candidate - reference| of the main metric.")
+@click.option("--max-score-diff", type=float, help="Gate (msmarco): maximum |P(yes) candidate - reference|.")
+@click.option("--min-top1", type=float, help="Gate (msmarco): minimum top-1 agreement.")
 @click.option("--offline", is_flag=True, help="Do not try the Hub; use --data-files or the bundled sample.")
 @click.option("--json", "as_json", is_flag=True, help="Also print the JSON report on stdout.")
-def validate(artifact, dataset, variant, data_files, split, limit, reference, providers, batch_size, instruction,
-             dim, min_cosine, min_cosine_mean, max_delta, offline, as_json) -> None:
+def validate(artifact, dataset, variant, data_files, split, limit, max_candidates, reference, providers, batch_size,
+             instruction, dim, min_cosine, min_cosine_mean, max_delta, max_score_diff, min_top1, offline,
+             as_json) -> None:
     """Validate an ONNX variant against the PyTorch original (exit 1 when a threshold fails)."""
     from qconv.artifact import find_artifact
     from qconv.console import console_on_stderr
     from qconv.errors import GateFailed
+    from qconv.validate.datasets import dataset_spec
     from qconv.validate.report import to_json
-    from qconv.validate.embedding import validate_embedding
 
+    spec = dataset_spec(dataset)
+    common = dict(variant=variant, data_files=data_files, split=split, limit=limit, reference=reference,
+                  providers=_split_providers(providers), instruction=instruction, max_abs_delta=max_delta,
+                  offline=offline, raise_on_fail=False)
     with console_on_stderr(as_json):
-        report = validate_embedding(
-            find_artifact(artifact), dataset, variant=variant, data_files=data_files, split=split, limit=limit,
-            reference=reference, providers=_split_providers(providers), batch_size=batch_size,
-            instruction=instruction, dim=dim, min_cosine=min_cosine, min_cosine_mean=min_cosine_mean,
-            max_abs_delta=max_delta, offline=offline, raise_on_fail=False,
-        )
+        art = find_artifact(artifact)
+        if spec.kind == "rerank":
+            from qconv.validate.rerank import validate_reranker
+
+            _only_for("reranker", dataset, dim=dim, min_cosine=min_cosine, min_cosine_mean=min_cosine_mean)
+            report = validate_reranker(art, dataset, max_candidates=max_candidates or 30, batch_size=batch_size or 8,
+                                       max_abs_score_diff=max_score_diff, min_top1_agreement=min_top1, **common)
+        else:
+            from qconv.validate.embedding import validate_embedding
+
+            _only_for("embedding", dataset, max_candidates=max_candidates, max_score_diff=max_score_diff,
+                      min_top1=min_top1)
+            report = validate_embedding(art, dataset, batch_size=batch_size or 32, dim=dim, min_cosine=min_cosine,
+                                        min_cosine_mean=min_cosine_mean, **common)
     if as_json:
         click.echo(to_json(report))
     if not report["passed"]:

@@ -86,3 +86,19 @@ def create_qwen3_embedding(out: str | Path, *, shape: Qwen3Shape = TINY, seed: i
     (out / "README.md").write_text(f"# Random Qwen3 embedding test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n",
                                    encoding="utf-8")
     return out
+
+
+def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: int = 0) -> Path:
+    """Write a random Qwen3ForCausalLM checkpoint shaped like Qwen3-Reranker (tied LM head, real vocabulary,
+    left padding, no <|endoftext|> appended)."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    Qwen3ForCausalLM(_qwen3_config(shape, "Qwen3ForCausalLM")).eval().save_pretrained(out, safe_serialization=True)
+    write_qwen3_tokenizer(out, append_eos=False, padding_side="left")
+    (out / "README.md").write_text(f"# Random Qwen3 reranker test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n",
+                                   encoding="utf-8")
+    return out

@@ -23,7 +23,7 @@ from qconv.errors import QconvError, first_sentence, one_line
 class DatasetSpec:
     name: str
     hub_path: str
-    revision: str
+    revision: str | None
     split: str
     kind: Literal["pairs", "rerank"]
     columns: tuple[str, ...]
@@ -59,6 +59,16 @@ register(DatasetSpec(
     bundled_sample="bq_test_sample.jsonl", description="BQ bank question similarity (Chinese, C-MTEB)",
     language="zh", instruction="Retrieve semantically similar text.", score_range=(0.0, 1.0),
     reference="https://aclanthology.org/2021.emnlp-main.357",
+))
+
+
+register(DatasetSpec(
+    # No verified commit of this dataset was available when this was written: the report says "unpinned".
+    name="msmarco", hub_path="zyznull/msmarco-passage-ranking", revision=None, split="dev", kind="rerank",
+    columns=("query", "positive_passages", "negative_passages"), main_metric="mrr@10",
+    bundled_sample="msmarco_trecdl1920_rerank.jsonl",
+    description="MS MARCO passage reranking (Tevatron layout); bundled: TREC-DL 2019/2020 judged BM25 candidates",
+    language="en", reference="https://microsoft.github.io/msmarco/",
 ))
 
 
@@ -166,3 +176,58 @@ def load_pairs(spec: DatasetSpec, *, data_files: str | Path | None = None, split
         raise QconvError(f"dataset {location} has {len(scores)} pair(s); correlations need at least 2")
     fingerprint = fingerprint_rows([[a, b, c] for a, b, c in zip(s1, s2, scores)])
     return PairData(s1, s2, scores, source, location, split, fingerprint)
+
+
+@dataclass(frozen=True)
+class RerankQuery:
+    query_id: str
+    query: str
+    documents: list[str]
+    relevant: list[bool]
+
+
+@dataclass(frozen=True)
+class RerankData:
+    queries: list[RerankQuery]
+    source: str
+    location: str
+    split: str
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+def _passage_text(passage, where: str) -> str:
+    if not isinstance(passage, dict) or "text" not in passage:
+        raise QconvError(f"{where}: passages must be objects with a 'text' field")
+    title = (passage.get("title") or "").strip()
+    return f"{title} {passage['text']}".strip() if title else passage["text"]
+
+
+def load_rerank(spec: DatasetSpec, *, data_files: str | Path | None = None, split: str | None = None,
+                limit: int | None = None, max_candidates: int = 30, offline: bool = False) -> RerankData:
+    """Queries with candidates = positives + negatives, in the order given, capped at ``max_candidates``."""
+    if max_candidates < 1:
+        raise QconvError(f"--max-candidates must be positive, got {max_candidates}")
+    rows, source, location, split = load_rows(spec, data_files, split, offline)
+    require_columns(rows, spec.columns, f"dataset {location}")
+    if limit is not None:
+        if limit < 1:
+            raise QconvError(f"--limit must be positive, got {limit}")
+        rows = rows.select(range(min(limit, len(rows))))
+    queries = []
+    for n, row in enumerate(rows):
+        query_id = str(row.get("query_id", n))
+        where = f"dataset {location}, query {query_id}"
+        positives = [_passage_text(p, where) for p in row["positive_passages"] or []]
+        negatives = [_passage_text(p, where) for p in row["negative_passages"] or []]
+        documents = (positives + negatives)[:max_candidates]
+        if not documents:
+            raise QconvError(f"{where} has no candidate passages (positive_passages and negative_passages are empty)")
+        relevant = ([True] * len(positives) + [False] * len(negatives))[:max_candidates]
+        queries.append(RerankQuery(query_id, str(row["query"]), documents, relevant))
+    if not queries:
+        raise QconvError(f"dataset {location} has no queries")
+    fingerprint = fingerprint_rows([[q.query_id, q.query, q.documents, q.relevant] for q in queries])
+    return RerankData(queries, source, location, split, fingerprint)

@@ -46,3 +46,38 @@ def embedding_parity(candidate: np.ndarray, reference: np.ndarray) -> dict[str, 
         "max_abs_diff": float(np.abs(candidate.astype(np.float64) - reference).max()),
         "finite": bool(np.isfinite(candidate).all()),
     }
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Indices by descending score; ties keep the given order (stable)."""
+    return np.argsort(-np.asarray(scores), kind="stable")
+
+
+def rank_metrics(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> dict[str, float]:
+    """MRR@k, NDCG@k (binary gains) and Recall@k for one query."""
+    relevant = np.asarray(relevant, dtype=bool)
+    top = ranking(scores)[:k]
+    hits = relevant[top]
+    first = np.flatnonzero(hits)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = discounts[: min(int(relevant.sum()), k)].sum()
+    return {
+        f"mrr@{k}": float(1.0 / (first[0] + 1)) if first.size else 0.0,
+        f"ndcg@{k}": float((hits * discounts[: len(hits)]).sum() / ideal) if ideal > 0 else 0.0,
+        f"recall@{k}": float(hits.sum() / relevant.sum()) if relevant.any() else 0.0,
+    }
+
+
+def rerank_parity(reference: list[np.ndarray], candidate: list[np.ndarray], k: int = 10) -> dict[str, float]:
+    """Per-query agreement between two scorers over the same candidates."""
+    spearmans = [spearman(c, r) for c, r in zip(candidate, reference) if len(r) > 1]
+    spearmans = [s for s in spearmans if not np.isnan(s)]
+    return {
+        "n_scores": int(sum(len(r) for r in reference)),
+        "max_abs_diff": float(max(np.abs(c - r).max() for c, r in zip(candidate, reference))),
+        "mean_query_spearman": float(np.mean(spearmans)) if spearmans else float("nan"),
+        "top1_agreement": float(np.mean([ranking(c)[0] == ranking(r)[0] for c, r in zip(candidate, reference)])),
+        f"identical_top{k}_fraction": float(np.mean([np.array_equal(ranking(c)[:k], ranking(r)[:k])
+                                                    for c, r in zip(candidate, reference)])),
+        "finite": bool(all(np.isfinite(c).all() for c in candidate)),
+    }

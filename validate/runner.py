@@ -18,6 +18,10 @@ from .thresholds import check, thresholds_for
 TASK_OF_KIND = {"pairs": "embedding", "rerank": "reranker"}
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
@@ -30,7 +34,7 @@ def open_for_validation(artifact: Artifact | str | Path, dataset: str, variant: 
     spec = dataset_spec(dataset)
     needed = TASK_OF_KIND[spec.kind]
     if art.task != needed:
-        raise QconvError(f"dataset '{dataset}' needs a {needed} artifact; {art.name} is a {art.task} artifact")
+        raise QconvError(f"dataset '{dataset}' needs {_a(needed)} artifact; {art.name} is {_a(art.task)} artifact")
     art.variant_path(variant)
     precision = art.variants[variant].get("precision", "fp32")
     return art, spec, precision, thresholds_for(art.task, precision, overrides)

@@ -1,0 +1,87 @@
+"""The reranker prompt as data, and how a (query, document) pair becomes token ids.
+
+Shared by the ONNX runtime and the PyTorch reference, so both score exactly the same ids. Only the
+``tokenizers`` library is needed (no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import QconvError
+
+
+@dataclass(frozen=True)
+class RerankTemplate:
+    prefix: str
+    body: str  # with {instruction}, {query}, {document}
+    suffix: str
+    default_instruction: str
+
+    def to_manifest(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, data: dict) -> "RerankTemplate":
+        return cls(**{k: data[k] for k in ("prefix", "body", "suffix", "default_instruction")})
+
+
+QWEN3_RERANKER_TEMPLATE = RerankTemplate(
+    prefix=('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '
+            'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'),
+    body="<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",
+    suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    default_instruction="Given a web search query, retrieve relevant passages that answer the query",
+)
+
+
+class PairEncoder:
+    """Token ids for templated pairs: prefix + body + suffix, never cutting prefix or suffix.
+
+    The body is tokenized whole (as the Qwen3-Reranker reference code does) and, when the pair is over
+    ``max_length``, cut from its end: the document shortens first, then the query. Naive truncation of the
+    full text would drop the suffix and silently score a position that is not the assistant turn.
+    """
+
+    def __init__(self, tokenizer, template: RerankTemplate, max_length: int):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.max_length = max_length
+        self.prefix_ids = tokenizer.encode(template.prefix, add_special_tokens=False).ids
+        self.suffix_ids = tokenizer.encode(template.suffix, add_special_tokens=False).ids
+        self.body_budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        if self.body_budget < 1:
+            raise QconvError(f"max length {max_length} leaves no room for the query and document: the template "
+                             f"alone takes {len(self.prefix_ids) + len(self.suffix_ids)} tokens")
+
+    def body(self, query: str, document: str, instruction: str | None) -> str:
+        return self.template.body.format(instruction=instruction or self.template.default_instruction,
+                                         query=query, document=document)
+
+    def encode(self, query: str, document: str, instruction: str | None = None) -> list[int]:
+        body_ids = self.tokenizer.encode(self.body(query, document, instruction), add_special_tokens=False).ids
+        return self.prefix_ids + body_ids[: self.body_budget] + self.suffix_ids
+
+    def encode_pairs(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[list[int]]:
+        return [self.encode(query, d, instruction) for d in documents]
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (input_ids, attention_mask), padded to the longest sequence on ``side``."""
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span] = seq
+        mask[row, span] = 1
+    return ids, mask
+
+
+def last_token_index(attention_mask: np.ndarray) -> np.ndarray:
+    """Position of each row's last attended token (left or right padding alike)."""
+    positions = np.arange(attention_mask.shape[1])[None, :]
+    return (attention_mask * positions).argmax(axis=1)

@@ -1,0 +1,95 @@
+"""Reference relevance scores from the original PyTorch model, cached on disk.
+
+The reference is the *original* checkpoint (the causal LM, scored the way Qwen3-Reranker's own code does:
+left padding, next-token logits at the last position, softmax over [no, yes]), not qconv's converted head,
+so a validation covers conversion and export end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from qconv.artifact import Artifact
+from qconv.console import console
+from qconv.rerank_template import pad_batch
+
+from .reference import resolve_reference
+
+
+def ids_fingerprint(sequences: Sequence[Sequence[int]]) -> str:
+    digest = hashlib.sha256()
+    for seq in sequences:
+        digest.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()
+
+
+class TorchReranker:
+    def __init__(self, model_dir: Path, source_format: str, yes_id: int, no_id: int, pad_id: int):
+        from qconv.convert.reranker_export import _load
+
+        self.model = _load(model_dir, source_format)
+        self.format = source_format
+        self.yes_id, self.no_id, self.pad_id = yes_id, no_id, pad_id
+
+    def score(self, sequences: Sequence[Sequence[int]], batch_size: int = 8,
+              progress: Callable[[int], None] | None = None) -> np.ndarray:
+        import torch
+
+        scores = np.empty(len(sequences), dtype=np.float64)
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                ids, mask = pad_batch([sequences[i] for i in idx], self.pad_id, "left")
+                ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+                if self.format == "seq-cls":
+                    out = torch.sigmoid(self.model(input_ids=ids_t, attention_mask=mask_t).logits[:, 0].double())
+                else:
+                    last = self.model(input_ids=ids_t, attention_mask=mask_t, use_cache=False,
+                                      logits_to_keep=1).logits[:, -1, :]
+                    out = torch.softmax(last[:, [self.no_id, self.yes_id]].double(), dim=-1)[:, 1]
+                scores[idx] = out.numpy()
+                if progress is not None:
+                    progress(len(idx))
+        return scores
+
+
+def reference_scores(artifact: Artifact, sequences: Sequence[Sequence[int]], *, batch_size: int,
+                     reference: str | None = None, progress: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, dict]:
+    from qconv.convert.reranker_export import source_format
+    from qconv.convert.source import load_config_dict
+    from qconv.convert.specs import reranker_spec
+
+    settings = artifact.manifest["reranker"]
+    source_or_loader, identity = resolve_reference(artifact, reference)
+    key = hashlib.sha256(json.dumps({"model": identity, "ids": ids_fingerprint(sequences),
+                                     "yes": settings["yes_token_id"], "no": settings["no_token_id"]},
+                                    sort_keys=True).encode()).hexdigest()[:32]
+    cache_file = artifact.cache_dir("reference") / f"rerank-{key}.npy"
+    info = {"model": reference or artifact.manifest["source"]["model"], "content_sha256": identity,
+            "cache_key": key, "cached": cache_file.is_file()}
+    if cache_file.is_file():
+        scores = np.load(cache_file)
+        if scores.shape[0] == len(sequences):
+            if progress is not None:
+                progress(len(sequences))
+            return scores, info
+    source = source_or_loader if not callable(source_or_loader) else source_or_loader()
+    config = load_config_dict(source.path)
+    fmt = source_format(config, reranker_spec(config.get("model_type", "")), source.id)
+    info["format"] = fmt
+    with console.status(f"loading the PyTorch reference {source.id} ({fmt})"):
+        runner = TorchReranker(source.path, fmt, settings["yes_token_id"], settings["no_token_id"],
+                               settings["pad_token_id"])
+    scores = runner.score(sequences, batch_size=batch_size, progress=progress)
+    tmp = cache_file.with_suffix(".tmp.npy")
+    np.save(tmp, scores)
+    tmp.replace(cache_file)
+    info["cached"] = False
+    return scores, info
