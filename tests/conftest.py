@@ -108,8 +108,40 @@ def run_cli(capsys):
     from qconv.cli import main
 
     def run(*args: str):
+        capsys.readouterr()  # drop what earlier steps of the test printed
         code = main([str(a) for a in args])
         out, err = capsys.readouterr()
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_reranker(tmp_path_factory):
+    """A random Qwen3ForCausalLM like Qwen3-Reranker: real vocabulary (yes=9693, no=2152), left padding."""
+    from qconv.testmodels import create_qwen3_reranker
+
+    return create_qwen3_reranker(tmp_path_factory.mktemp("models") / "tiny-qwen3-reranker")
+
+
+@pytest.fixture(scope="session")
+def seqcls_artifact(tiny_qwen3_reranker, tmp_path_factory):
+    from qconv.convert.reranker_export import export_reranker
+
+    return export_reranker(str(tiny_qwen3_reranker), tmp_path_factory.mktemp("artifacts") / "reranker-seq-cls").path
+
+
+@pytest.fixture(scope="session")
+def causal_artifact(tiny_qwen3_reranker, tmp_path_factory):
+    from qconv.convert.reranker_export import export_reranker
+
+    # Forced external data here covers that path for rerankers without another export.
+    return export_reranker(str(tiny_qwen3_reranker), tmp_path_factory.mktemp("artifacts") / "reranker-causal-lm",
+                           seq_cls=False, external_data=True).path
+
+
+@pytest.fixture
+def seqcls_copy(seqcls_artifact, tmp_path):
+    target = tmp_path / seqcls_artifact.name
+    shutil.copytree(seqcls_artifact, target, ignore=shutil.ignore_patterns(".cache"))
+    return target

@@ -136,3 +136,66 @@ def test_unknown_variant_and_provider(run_cli, artifact_copy):
 def test_unknown_option_is_one_line(run_cli):
     code, _, err = run_cli("validate", "--no-such-flag")
     assert_one_line_error(code, err, "--no-such-flag")
+
+
+def _char_level_causal_lm(directory: Path) -> Path:
+    """A causal LM whose tokenizer spells 'yes' as three tokens."""
+    from tokenizers import Tokenizer, models
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    directory.mkdir()
+    vocab = {c: i for i, c in enumerate(list("abcdefghijklmnopqrstuvwxyz <>:\n") + ["<pad>"])}
+    Tokenizer(models.BPE(vocab=vocab, merges=[])).save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>"}))
+    config = Qwen3Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         architectures=["Qwen3ForCausalLM"])
+    Qwen3ForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def test_reranker_without_single_yes_no_tokens(run_cli, tmp_path):
+    model = _char_level_causal_lm(tmp_path / "charlm")
+    code, _, err = run_cli("export", "reranker", "--model", model, "--seq-cls", "--output", tmp_path / "out")
+    assert_one_line_error(code, err, "'yes'", "single token")
+    assert not (tmp_path / "out").exists()
+
+
+def test_seq_cls_needs_a_causal_lm(run_cli, tiny_qwen3, tmp_path):
+    code, _, err = run_cli("export", "reranker", "--model", tiny_qwen3, "--seq-cls", "--output", tmp_path / "out")
+    assert_one_line_error(code, err, "Qwen3Model", "not a causal LM")
+    assert not (tmp_path / "out").exists()
+
+
+def test_reranker_max_length_out_of_range(run_cli, tiny_qwen3_reranker, tmp_path):
+    code, _, err = run_cli("export", "reranker", "--model", tiny_qwen3_reranker, "--seq-cls", "--max-length", "0",
+                           "--output", tmp_path / "out")
+    assert_one_line_error(code, err, "--max-length 0")
+
+
+def test_msmarco_file_without_positive_passages(run_cli, seqcls_copy, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"query_id": "1", "query": "q", "negative_passages": [{"docid": "d", "title": "",
+                                                                                   "text": "t"}]}) + "\n")
+    code, _, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--data-files", bad)
+    assert_one_line_error(code, err, "lacks column(s) positive_passages")
+
+
+def test_msmarco_query_without_candidates(run_cli, seqcls_copy, tmp_path):
+    bad = tmp_path / "empty.jsonl"
+    rows = [{"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "title": "", "text": "t"}],
+             "negative_passages": []},
+            {"query_id": "2", "query": "q2", "positive_passages": [], "negative_passages": []}]
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, _, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--data-files", bad)
+    assert_one_line_error(code, err, "query 2 has no candidate passages")
+
+
+def test_dataset_and_artifact_task_must_match(run_cli, seqcls_copy, artifact_copy):
+    code, _, err = run_cli("validate", seqcls_copy, "--dataset", "sts12")
+    assert_one_line_error(code, err, "needs an embedding artifact")
+    code, _, err = run_cli("validate", artifact_copy, "--dataset", "msmarco")
+    assert_one_line_error(code, err, "needs a reranker artifact")
+    code, _, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--dim", "8")
+    assert_one_line_error(code, err, "--dim does not apply")

@@ -1,0 +1,165 @@
+"""Reranker export (seq-cls and causal-LM formats), runtime, truncation and MS MARCO validation."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from qconv.artifact import Artifact
+from qconv.rerank_template import QWEN3_RERANKER_TEMPLATE, PairEncoder, pad_batch
+from qconv.reranking import Reranker
+from qconv.validate.reference_reranker import TorchReranker
+from qconv.validate.rerank import validate_reranker
+
+QUERY = "what is the capital of china?"
+DOCS = ["The capital of China is Beijing.", "Bananas are yellow.", "", "Beijing is the capital city of China. " * 30,
+        "北京是中国的首都。"]
+
+
+def test_manifest_and_graph(seqcls_artifact, tiny_qwen3_reranker):
+    manifest = Artifact(seqcls_artifact).manifest
+    settings = manifest["reranker"]
+    assert manifest["task"] == "reranker" and settings["format"] == "seq-cls"
+    assert settings["yes_token_id"] == 9693 and settings["no_token_id"] == 2152
+    assert settings["template"]["prefix"].startswith("<|im_start|>system\nJudge whether the Document")
+    assert settings["template"]["suffix"] == "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert settings["instruction"] == "Given a web search query, retrieve relevant passages that answer the query"
+    assert manifest["conversion"]["passed"] and manifest["conversion"]["max_abs_diff"] <= 1e-5
+    assert manifest["source"]["format"] == "causal-lm"
+    graph = onnx.load(str(seqcls_artifact / "onnx" / "model.onnx"), load_external_data=False).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in graph.output] == ["logits"]
+    dims = graph.output[0].type.tensor_type.shape.dim
+    assert len(dims) == 2 and dims[1].dim_value == 1
+
+
+def test_saved_pytorch_checkpoint_equals_causal_lm(seqcls_artifact, tiny_qwen3_reranker):
+    """The converted checkpoint, run by transformers itself, against the original causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    classifier = AutoModelForSequenceClassification.from_pretrained(seqcls_artifact).eval()
+    causal = AutoModelForCausalLM.from_pretrained(tiny_qwen3_reranker).eval()
+    assert classifier.config.num_labels == 1 and classifier.config.pad_token_id == 151643
+    tok = Tokenizer.from_file(str(seqcls_artifact / "tokenizer.json"))
+    encoder = PairEncoder(tok, QWEN3_RERANKER_TEMPLATE, 512)
+    ids, mask = pad_batch(encoder.encode_pairs(QUERY, DOCS), 151643, "left")
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    with torch.inference_mode():
+        head = torch.sigmoid(classifier(input_ids=ids_t, attention_mask=mask_t).logits[:, 0])
+        last = causal(input_ids=ids_t, attention_mask=mask_t).logits[:, -1]
+        p_yes = torch.softmax(last[:, [2152, 9693]], dim=-1)[:, 1]
+    assert (head - p_yes).abs().max() <= 1e-5
+
+
+def test_onnx_matches_causal_reference_any_padding_and_batch(seqcls_artifact, tiny_qwen3_reranker):
+    reranker = Reranker(seqcls_artifact)
+    sequences = reranker.encoder.encode_pairs(QUERY, DOCS, None)
+    reference = TorchReranker(tiny_qwen3_reranker, "causal-lm", 9693, 2152, 151643).score(sequences)
+    batched = reranker.score_ids(sequences, batch_size=len(DOCS))
+    singles = np.array([reranker.score_ids([s])[0] for s in sequences])
+    reranker.settings = {**reranker.settings, "padding_side": "right"}
+    right = reranker.score_ids(sequences, batch_size=len(DOCS))
+    for scores in (batched, singles, right):
+        assert np.abs(scores - reference).max() <= 1e-5
+    assert np.abs(reranker.score(QUERY, DOCS) - batched).max() <= 1e-5
+
+
+def test_rank_orders_by_score(seqcls_artifact):
+    ranked = Reranker(seqcls_artifact).rank(QUERY, DOCS, top_k=3)
+    assert len(ranked) == 3
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    assert all(DOCS[r["index"]] == r["document"] for r in ranked)
+
+
+def test_causal_lm_format_gives_the_same_p_yes(causal_artifact, seqcls_artifact):
+    manifest = Artifact(causal_artifact).manifest
+    assert manifest["reranker"]["format"] == "causal-lm"
+    assert manifest["variants"]["model"]["external_data"] is True
+    assert (causal_artifact / "onnx" / "model.onnx_data").is_file()
+    graph = onnx.load(str(causal_artifact / "onnx" / "model.onnx"), load_external_data=False).graph
+    assert len(graph.output[0].type.tensor_type.shape.dim) == 3  # (batch, seq, vocab)
+    causal = Reranker(causal_artifact).score(QUERY, DOCS, batch_size=2)
+    seqcls = Reranker(seqcls_artifact).score(QUERY, DOCS, batch_size=2)
+    assert np.abs(causal - seqcls).max() <= 1e-5
+
+
+def test_truncation_keeps_prefix_and_suffix(seqcls_artifact):
+    tok = Tokenizer.from_file(str(seqcls_artifact / "tokenizer.json"))
+    encoder = PairEncoder(tok, QWEN3_RERANKER_TEMPLATE, 120)
+    long_doc = "The capital of China is Beijing. " * 200
+    ids = encoder.encode(QUERY, long_doc)
+    assert len(ids) == 120
+    assert ids[: len(encoder.prefix_ids)] == encoder.prefix_ids
+    assert ids[-len(encoder.suffix_ids):] == encoder.suffix_ids
+    body = tok.decode(ids[len(encoder.prefix_ids): -len(encoder.suffix_ids)])
+    assert f"<Query>: {QUERY}\n<Document>: The capital" in body  # the document was shortened, not the query
+    naive = tok.encode(QWEN3_RERANKER_TEMPLATE.prefix + encoder.body(QUERY, long_doc, None)
+                       + QWEN3_RERANKER_TEMPLATE.suffix, add_special_tokens=False).ids[:120]
+    assert naive[-len(encoder.suffix_ids):] != encoder.suffix_ids  # what naive truncation gets wrong
+    long_query = "capital " * 300
+    ids = encoder.encode(long_query, long_doc)
+    assert len(ids) == 120 and ids[-len(encoder.suffix_ids):] == encoder.suffix_ids
+
+
+def test_truncated_pairs_still_match_the_reference(seqcls_artifact, tiny_qwen3_reranker):
+    reranker = Reranker(seqcls_artifact)
+    encoder = PairEncoder(reranker.encoder.tokenizer, QWEN3_RERANKER_TEMPLATE, 100)
+    sequences = encoder.encode_pairs(QUERY, ["Beijing. " * 300, "Paris. " * 300])
+    reference = TorchReranker(tiny_qwen3_reranker, "causal-lm", 9693, 2152, 151643).score(sequences)
+    assert np.abs(reranker.score_ids(sequences) - reference).max() <= 1e-5
+
+
+def test_loads_in_optimum_and_cross_encoder(seqcls_artifact):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from sentence_transformers import CrossEncoder
+
+    reranker = Reranker(seqcls_artifact)
+    pairs = [(QWEN3_RERANKER_TEMPLATE.prefix + f"<Instruct>: x\n<Query>: {QUERY}\n",
+              f"<Document>: {d}" + QWEN3_RERANKER_TEMPLATE.suffix) for d in DOCS[:3]]
+    tok = reranker.encoder.tokenizer
+    ours = reranker.score_ids([tok.encode(q, d, add_special_tokens=True).ids for q, d in pairs])
+    cross = CrossEncoder(str(seqcls_artifact), backend="onnx", device="cpu").predict(pairs)
+    assert np.abs(np.asarray(cross, dtype=np.float64) - ours).max() <= 1e-5
+    ort = ORTModelForSequenceClassification.from_pretrained(str(seqcls_artifact), subfolder="onnx",
+                                                             file_name="model.onnx")
+    ids, mask = pad_batch([tok.encode(q, d).ids for q, d in pairs], 151643, "left")
+    logits = ort(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    assert logits.shape == (3, 1)
+    assert np.abs(1 / (1 + np.exp(-logits[:, 0].astype(np.float64))) - ours).max() <= 1e-5
+
+
+def test_validate_msmarco_bundled_slice(seqcls_copy, run_cli):
+    report = validate_reranker(seqcls_copy, "msmarco", limit=12, max_candidates=10)
+    for key in ("dataset", "n_queries", "source", "variant", "reference", "candidate", "delta", "parity",
+                "thresholds", "passed"):
+        assert key in report
+    assert report["metric"] == "mrr@10" and report["source"] == "bundled-sample" and report["n_queries"] == 12
+    assert report["thresholds"] == {"max_abs_score_diff": 1e-4, "min_top1_agreement": 1.0}
+    assert report["parity"]["max_abs_diff"] <= 1e-4 and report["parity"]["top1_agreement"] == 1.0
+    for m in ("mrr@10", "ndcg@10", "recall@10"):
+        assert 0.0 <= report["reference"][m] <= 1.0
+    assert report["passed"] and report["reference"]["cached"] is False
+    saved = json.loads((seqcls_copy / "reports" / "validate-model-msmarco.json").read_text())
+    assert saved["candidate"]["metric_value"] == report["candidate"]["metric_value"]
+    assert Artifact(seqcls_copy).manifest["validation"]["model"]["msmarco"]["passed"]
+    code, out, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--limit", "12",
+                             "--max-candidates", "10", "--json")
+    assert code == 0, err
+    assert json.loads(out)["reference"]["cached"] is True
+    code, out, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--limit", "12",
+                             "--max-candidates", "10", "--max-score-diff", "0")
+    assert code == 1
+
+
+def test_rank_metrics_known_answers():
+    from qconv.validate.metrics import rank_metrics
+
+    m = rank_metrics(np.array([0.1, 0.9, 0.5, 0.3]), np.array([True, False, False, True]))
+    assert m["mrr@10"] == pytest.approx(1 / 3)  # relevant docs rank 4th (0.1) and 3rd (0.3)
+    assert m["recall@10"] == 1.0
+    ideal = 1 + 1 / np.log2(3)
+    assert m["ndcg@10"] == pytest.approx((1 / np.log2(4) + 1 / np.log2(5)) / ideal)
+    assert rank_metrics(np.array([0.2, 0.1]), np.array([False, False]))["mrr@10"] == 0.0
