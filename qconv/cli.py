@@ -130,12 +130,14 @@ def validate(artifact, dataset, variant, data_files, split, limit, max_candidate
 
 @cli.command()
 @click.option("--output-root", default="artifacts", show_default=True, type=click.Path(file_okay=False))
-@click.option("--limit", type=int, help="Validate on the first N pairs only.")
-def demo(output_root, limit) -> None:
-    """Offline end-to-end demo: export a built-in random Qwen3 embedding model and validate it on STS12."""
+@click.option("--limit", type=int, help="Validate on the first N pairs (queries for the reranker; default 30).")
+@click.option("--task", default="all", show_default=True, help="embedding | reranker | all.")
+def demo(output_root, limit, task) -> None:
+    """Offline end-to-end demo on built-in random Qwen3 models: export, then validate against PyTorch
+    (embedding on the bundled STS12 sample, seq-cls reranker on the bundled MS MARCO sample)."""
     from qconv.demo import run_demo
 
-    run_demo(output_root, limit=limit)
+    run_demo(output_root, limit=limit, task=task)
 
 
 def main(argv: list[str] | None = None) -> int:
