@@ -42,14 +42,24 @@ def resolve_max_length(model_dir: Path, tokenizer, config: dict, spec: Embedding
     st_length = read_json(model_dir / "sentence_bert_config.json").get("max_seq_length")
     tok_length = getattr(tokenizer, "model_max_length", None)
     length = st_length or (tok_length if tok_length and tok_length < 1_000_000 else None) or spec.default_max_length
-    limits = [spec.max_length_cap] + ([config["max_position_embeddings"]] if config.get("max_position_embeddings") else [])
+    limits = [spec.max_length_cap] + (
+        [config["max_position_embeddings"]] if config.get("max_position_embeddings") else []
+    )
     return int(min([length] + limits))
 
 
-def export_embedding(model: str = DEFAULT_EMBEDDING_MODEL, output: str | Path | None = None, *,
-                     pooling: str = "auto", normalize: bool = True, opset: int = DEFAULT_OPSET,
-                     revision: str | None = None, external_data: bool | None = None, overwrite: bool = False,
-                     thresholds: ParityThresholds = ParityThresholds()) -> ExportResult:
+def export_embedding(
+    model: str = DEFAULT_EMBEDDING_MODEL,
+    output: str | Path | None = None,
+    *,
+    pooling: str = "auto",
+    normalize: bool = True,
+    opset: int = DEFAULT_OPSET,
+    revision: str | None = None,
+    external_data: bool | None = None,
+    overwrite: bool = False,
+    thresholds: ParityThresholds = ParityThresholds(),
+) -> ExportResult:
     started = time.perf_counter()
     source = resolve_source(model, revision)
     config = load_config_dict(source.path)
@@ -71,53 +81,92 @@ def export_embedding(model: str = DEFAULT_EMBEDDING_MODEL, output: str | Path | 
     with staged_directory(target, overwrite=overwrite) as tmp:
         onnx_path = tmp / variant_file(BASE_VARIANT)
         with console.status(f"exporting {source.name} to ONNX (opset {opset})"):
-            example = tokenizer(["a short text", "a somewhat longer second text for shapes"], padding=True,
-                                return_tensors="pt")
+            example = tokenizer(
+                ["a short text", "a somewhat longer second text for shapes"], padding=True, return_tensors="pt"
+            )
             used_external = export_module(
-                module, (example["input_ids"], example["attention_mask"]), onnx_path,
-                input_names=EMBEDDING_INPUTS, output_names=EMBEDDING_OUTPUTS, dynamic_axes=EMBEDDING_AXES,
-                opset=opset, external_data=external_data,
+                module,
+                (example["input_ids"], example["attention_mask"]),
+                onnx_path,
+                input_names=EMBEDDING_INPUTS,
+                output_names=EMBEDDING_OUTPUTS,
+                dynamic_axes=EMBEDDING_AXES,
+                opset=opset,
+                external_data=external_data,
             )
         with console.status("checking ONNX against PyTorch"):
-            parity = check_embedding_parity(module, tokenizer, onnx_path, max_length, thresholds,
-                                            invariant_sides=spec.padding_sides)
+            parity = check_embedding_parity(
+                module, tokenizer, onnx_path, max_length, thresholds, invariant_sides=spec.padding_sides
+            )
         print_parity(parity)
         require_parity(parity)
         shutil.copyfile(source.path / "config.json", tmp / "config.json")
         tokenizer.save_pretrained(tmp)
-        st_files = write_st_files(tmp, pooling=choice.mode, normalize=normalize, dimension=dimension,
-                                  max_length=max_length,
-                                  do_lower_case=bool(read_json(source.path / "sentence_bert_config.json").get("do_lower_case")),
-                                  st_config=st_config)
-        write_new_manifest(tmp, {
-            "task": "embedding",
-            "architecture": model_type,
-            "source": source.to_manifest(),
-            "embedding": {
-                "pooling": choice.mode,
-                "pooling_source": choice.source,
-                "normalize": normalize,
-                "dimension": dimension,
-                "padding_side": tokenizer.padding_side,
-                "max_length": max_length,
-                "prompts": st_config.get("prompts", {}),
-                "default_prompt_name": st_config.get("default_prompt_name"),
-                "prompts_source": prompts_source,
-                "instruction_template": spec.instruction_template,
+        st_files = write_st_files(
+            tmp,
+            pooling=choice.mode,
+            normalize=normalize,
+            dimension=dimension,
+            max_length=max_length,
+            do_lower_case=bool(read_json(source.path / "sentence_bert_config.json").get("do_lower_case")),
+            st_config=st_config,
+        )
+        write_new_manifest(
+            tmp,
+            {
+                "task": "embedding",
+                "architecture": model_type,
+                "source": source.to_manifest(),
+                "embedding": {
+                    "pooling": choice.mode,
+                    "pooling_source": choice.source,
+                    "normalize": normalize,
+                    "dimension": dimension,
+                    "padding_side": tokenizer.padding_side,
+                    "max_length": max_length,
+                    "prompts": st_config.get("prompts", {}),
+                    "default_prompt_name": st_config.get("default_prompt_name"),
+                    "prompts_source": prompts_source,
+                    "instruction_template": spec.instruction_template,
+                },
+                "export": {
+                    "opset": opset,
+                    "exporter": "torch.onnx dynamo",
+                    "inputs": list(EMBEDDING_INPUTS),
+                    "outputs": list(EMBEDDING_OUTPUTS),
+                    "external_data": used_external,
+                    "sentence_transformers_files": st_files,
+                },
+                "variants": {
+                    BASE_VARIANT: {
+                        "file": variant_file(BASE_VARIANT),
+                        "precision": "fp32",
+                        "stage": "export",
+                        "external_data": used_external,
+                    }
+                },
+                "stages": [
+                    {
+                        "stage": "export",
+                        "variant": BASE_VARIANT,
+                        "seconds": round(time.perf_counter() - started, 1),
+                        "options": {
+                            "pooling": pooling,
+                            "normalize": normalize,
+                            "opset": opset,
+                            "revision": revision,
+                            "external_data": external_data,
+                        },
+                        "parity": parity,
+                    }
+                ],
+                "validation": {},
             },
-            "export": {"opset": opset, "exporter": "torch.onnx dynamo", "inputs": list(EMBEDDING_INPUTS),
-                       "outputs": list(EMBEDDING_OUTPUTS), "external_data": used_external,
-                       "sentence_transformers_files": st_files},
-            "variants": {BASE_VARIANT: {"file": variant_file(BASE_VARIANT), "precision": "fp32",
-                                        "stage": "export", "external_data": used_external}},
-            "stages": [{"stage": "export", "variant": BASE_VARIANT, "seconds": round(time.perf_counter() - started, 1),
-                        "options": {"pooling": pooling, "normalize": normalize, "opset": opset,
-                                    "revision": revision, "external_data": external_data},
-                        "parity": parity}],
-            "validation": {},
-        })
-    console.print(f"[green]exported[/] {source.id} -> {target.resolve()} ({choice.mode} pooling, "
-                  f"{'normalised' if normalize else 'not normalised'}, {time.perf_counter() - started:.0f} s)")
+        )
+    console.print(
+        f"[green]exported[/] {source.id} -> {target.resolve()} ({choice.mode} pooling, "
+        f"{'normalised' if normalize else 'not normalised'}, {time.perf_counter() - started:.0f} s)"
+    )
     return ExportResult(target.resolve(), parity, source)
 
 

@@ -24,9 +24,17 @@ def external_data_name(onnx_file: Path) -> str:
     return onnx_file.name + "_data"
 
 
-def export_module(module, example_inputs: tuple, path: Path, *, input_names: Sequence[str],
-                  output_names: Sequence[str], dynamic_axes: dict[str, dict[int, str]], opset: int,
-                  external_data: bool | None) -> bool:
+def export_module(
+    module,
+    example_inputs: tuple,
+    path: Path,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+    external_data: bool | None,
+) -> bool:
     """Export with torch's dynamo exporter; returns whether weights went to external data."""
     import onnx_ir as ir
     import torch
@@ -36,7 +44,8 @@ def export_module(module, example_inputs: tuple, path: Path, *, input_names: Seq
     dims: dict[str, object] = {}
     dynamic_shapes = {
         name: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
-        for name, axes in dynamic_axes.items() if name in input_names
+        for name, axes in dynamic_axes.items()
+        if name in input_names
     }
     if external_data is None:
         external_data = parameter_bytes(module) > EXTERNAL_DATA_THRESHOLD
@@ -47,8 +56,15 @@ def export_module(module, example_inputs: tuple, path: Path, *, input_names: Seq
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
-                module, example_inputs, dynamo=True, opset_version=opset, input_names=list(input_names),
-                output_names=list(output_names), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+                module,
+                example_inputs,
+                dynamo=True,
+                opset_version=opset,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
             )
         except Exception as exc:
             raise QconvError(f"ONNX export failed: {one_line(exc)}") from None

@@ -34,9 +34,14 @@ class ParityThresholds:
     max_rel_abs_diff: float = 1e-4
 
 
-def check_embedding_parity(module, tokenizer, onnx_path: Path, max_length: int,
-                           thresholds: ParityThresholds = ParityThresholds(),
-                           invariant_sides: tuple[str, ...] = ("right", "left")) -> dict:
+def check_embedding_parity(
+    module,
+    tokenizer,
+    onnx_path: Path,
+    max_length: int,
+    thresholds: ParityThresholds = ParityThresholds(),
+    invariant_sides: tuple[str, ...] = ("right", "left"),
+) -> dict:
     """ONNX == PyTorch under both padding sides and batch 1; padded == batch 1 for ``invariant_sides``."""
     import torch
 
@@ -51,9 +56,14 @@ def check_embedding_parity(module, tokenizer, onnx_path: Path, max_length: int,
         for side, texts in runs:
             tokenizer.padding_side = original_side if side == "single" else side
             enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-            feeds = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+            feeds = {
+                "input_ids": enc["input_ids"].astype(np.int64),
+                "attention_mask": enc["attention_mask"].astype(np.int64),
+            }
             with torch.inference_mode():
-                ref_hidden, ref_emb = module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+                ref_hidden, ref_emb = module(
+                    torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
+                )
             onnx_hidden, onnx_emb = session.run(["last_hidden_state", "sentence_embedding"], feeds)
             attended = feeds["attention_mask"].astype(bool)
             hidden_diffs.append(float(np.abs(onnx_hidden[attended] - ref_hidden.numpy()[attended]).max()))
@@ -83,7 +93,8 @@ def check_embedding_parity(module, tokenizer, onnx_path: Path, max_length: int,
         "thresholds": {"min_cosine": thresholds.min_cosine, "max_rel_abs_diff": thresholds.max_rel_abs_diff},
     }
     result["passed"] = bool(
-        finite and result["cosine_min"] >= thresholds.min_cosine
+        finite
+        and result["cosine_min"] >= thresholds.min_cosine
         and result["max_rel_abs_diff"] <= thresholds.max_rel_abs_diff
         and padding_cos >= thresholds.min_cosine
     )
@@ -99,8 +110,16 @@ def require_parity(result: dict) -> None:
         )
 
 
-def check_reranker_parity(module, fmt: str, sequences: list[list[int]], onnx_path: Path, pad_id: int,
-                          yes_id: int | None, no_id: int | None, tolerance: float = 1e-5) -> dict:
+def check_reranker_parity(
+    module,
+    fmt: str,
+    sequences: list[list[int]],
+    onnx_path: Path,
+    pad_id: int,
+    yes_id: int | None,
+    no_id: int | None,
+    tolerance: float = 1e-5,
+) -> dict:
     """P(yes) from the ONNX graph vs the PyTorch module: left/right-padded batches and batch 1."""
     import torch
 
@@ -125,9 +144,13 @@ def check_reranker_parity(module, fmt: str, sequences: list[list[int]], onnx_pat
     finite = all(np.isfinite(v).all() for v in by_run.values())
     max_diff = max(diffs)
     return {
-        "pairs": len(sequences), "runs": "left-padded batch, right-padded batch, batch 1",
-        "max_abs_diff": max_diff, "padding_invariance_max_abs_diff": padding, "finite": bool(finite),
-        "tolerance": tolerance, "passed": bool(finite and max_diff <= tolerance and padding <= tolerance),
+        "pairs": len(sequences),
+        "runs": "left-padded batch, right-padded batch, batch 1",
+        "max_abs_diff": max_diff,
+        "padding_invariance_max_abs_diff": padding,
+        "finite": bool(finite),
+        "tolerance": tolerance,
+        "passed": bool(finite and max_diff <= tolerance and padding <= tolerance),
     }
 
 
@@ -136,4 +159,5 @@ def require_reranker_parity(result: dict) -> None:
         raise QconvError(
             "export parity check failed (ONNX vs PyTorch P(yes)): max_abs_diff={max_abs_diff:.2e}, "
             "padding_invariance_max_abs_diff={padding_invariance_max_abs_diff:.2e}, finite={finite}; "
-            "nothing was written".format(**result))
+            "nothing was written".format(**result)
+        )

@@ -70,12 +70,24 @@ def read_st_pooling(model_dir: Path) -> PoolingChoice | None:
         modes = [config["pooling_mode"].replace("_token", "").replace("mean_tokens", "mean")]
     else:
         modes = [mode for key, mode in _ST_MODE_KEYS.items() if config.get(key)]
-        unsupported = [k for k in ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
-                                   "pooling_mode_weightedmean_tokens") if config.get(k)]
+        unsupported = [
+            k
+            for k in (
+                "pooling_mode_max_tokens",
+                "pooling_mode_mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens",
+            )
+            if config.get(k)
+        ]
         if unsupported:
-            raise QconvError(f"{config_file}: pooling {', '.join(unsupported)} is not supported (supported: {', '.join(POOLING_MODES)})")
+            raise QconvError(
+                f"{config_file}: pooling {', '.join(unsupported)} is not supported "
+                f"(supported: {', '.join(POOLING_MODES)})"
+            )
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
-        raise QconvError(f"{config_file}: expected exactly one of {', '.join(POOLING_MODES)} pooling, found {modes or 'none'}")
+        raise QconvError(
+            f"{config_file}: expected exactly one of {', '.join(POOLING_MODES)} pooling, found {modes or 'none'}"
+        )
     if config.get("include_prompt") is False:
         raise QconvError(f"{config_file}: include_prompt=false (prompt tokens excluded from pooling) is not supported")
     return PoolingChoice(modes[0], f"sentence-transformers ({config_file.parent.name}/config.json)", normalize)

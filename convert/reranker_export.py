@@ -14,8 +14,14 @@ from qconv.rerank_template import PairEncoder
 from .export import DEFAULT_OPSET, ExportResult
 from .onnx_graph import export_module
 from .parity import check_reranker_parity, require_reranker_parity
-from .seqcls import (VERIFY_PAIRS, build_causal_module, build_seqcls_module, single_token_id, to_sequence_classifier,
-                     verify_conversion)
+from .seqcls import (
+    VERIFY_PAIRS,
+    build_causal_module,
+    build_seqcls_module,
+    single_token_id,
+    to_sequence_classifier,
+    verify_conversion,
+)
 from .source import load_config_dict, require_tokenizer, resolve_source
 from .specs import RerankerSpec, reranker_spec
 from .torch_embedding import load_tokenizer, require_safetensors
@@ -35,9 +41,11 @@ def source_format(config: dict, spec: RerankerSpec, source_id: str) -> str:
         return "seq-cls"
     if any(a in spec.causal_architectures for a in architectures):
         return "causal-lm"
-    raise QconvError(f"{source_id} is a {', '.join(architectures) or config.get('model_type')} checkpoint, not a "
-                     f"causal LM ({', '.join(spec.causal_architectures)}) or a converted "
-                     f"{', '.join(spec.seqcls_architectures)}: a reranker needs one of those")
+    raise QconvError(
+        f"{source_id} is a {', '.join(architectures) or config.get('model_type')} checkpoint, not a "
+        f"causal LM ({', '.join(spec.causal_architectures)}) or a converted "
+        f"{', '.join(spec.seqcls_architectures)}: a reranker needs one of those"
+    )
 
 
 def _load(model_dir: Path, fmt: str):
@@ -46,14 +54,23 @@ def _load(model_dir: Path, fmt: str):
 
     require_safetensors(model_dir)
     cls = AutoModelForSequenceClassification if fmt == "seq-cls" else AutoModelForCausalLM
-    return cls.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True,
-                               attn_implementation="sdpa").eval()
+    return cls.from_pretrained(
+        model_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True, attn_implementation="sdpa"
+    ).eval()
 
 
-def export_reranker(model: str = DEFAULT_RERANKER_MODEL, output: str | Path | None = None, *, seq_cls: bool = True,
-                    instruction: str | None = None, max_length: int | None = None, opset: int = DEFAULT_OPSET,
-                    revision: str | None = None, external_data: bool | None = None,
-                    overwrite: bool = False) -> ExportResult:
+def export_reranker(
+    model: str = DEFAULT_RERANKER_MODEL,
+    output: str | Path | None = None,
+    *,
+    seq_cls: bool = True,
+    instruction: str | None = None,
+    max_length: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    revision: str | None = None,
+    external_data: bool | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
     started = time.perf_counter()
     source = resolve_source(model, revision)
     config = load_config_dict(source.path)
@@ -75,9 +92,11 @@ def export_reranker(model: str = DEFAULT_RERANKER_MODEL, output: str | Path | No
     pad_id = hf_tokenizer.pad_token_id
     fmt = "seq-cls" if seq_cls else "causal-lm"
     if not seq_cls:
-        console.print("[yellow]warning: exporting the causal-LM format: full-vocabulary logits for every position, "
-                      "one 151k-wide row per token. It exists for comparison; --seq-cls scores the same P(yes) "
-                      "with a one-logit head and is far faster.[/]")
+        console.print(
+            "[yellow]warning: exporting the causal-LM format: full-vocabulary logits for every position, "
+            "one 151k-wide row per token. It exists for comparison; --seq-cls scores the same P(yes) "
+            "with a one-logit head and is far faster.[/]"
+        )
 
     with console.status(f"loading {source.id}"):
         loaded = _load(source.path, from_format)
@@ -93,8 +112,10 @@ def export_reranker(model: str = DEFAULT_RERANKER_MODEL, output: str | Path | No
         module = build_seqcls_module(classifier)
         with console.status("verifying the seq-cls head against the causal LM"):
             conversion = verify_conversion(loaded, module, encoder, pad_id, yes_id, no_id)
-        console.print(f"seq-cls head = W_yes - W_no (ids {yes_id}, {no_id}): |sigmoid(head) - P(yes)| max "
-                      f"{conversion['max_abs_diff']:.2e} over {conversion['pairs']} pairs, left and right padding")
+        console.print(
+            f"seq-cls head = W_yes - W_no (ids {yes_id}, {no_id}): |sigmoid(head) - P(yes)| max "
+            f"{conversion['max_abs_diff']:.2e} over {conversion['pairs']} pairs, left and right padding"
+        )
 
     target = Path(output) if output else Path("artifacts") / f"{source.name}-{fmt}"
     with staged_directory(target, overwrite=overwrite) as tmp:
@@ -107,16 +128,26 @@ def export_reranker(model: str = DEFAULT_RERANKER_MODEL, output: str | Path | No
 
             ids, mask = pad_batch(sequences[:2], pad_id, "left")
             used_external = export_module(
-                module, (torch.from_numpy(ids), torch.from_numpy(mask)), onnx_path, input_names=RERANKER_INPUTS,
+                module,
+                (torch.from_numpy(ids), torch.from_numpy(mask)),
+                onnx_path,
+                input_names=RERANKER_INPUTS,
                 output_names=("logits",),
-                dynamic_axes={**RERANKER_AXES, "logits": {0: "batch_size"} if seq_cls else {0: "batch_size", 1: "sequence_length"}},
-                opset=opset, external_data=external_data)
+                dynamic_axes={
+                    **RERANKER_AXES,
+                    "logits": {0: "batch_size"} if seq_cls else {0: "batch_size", 1: "sequence_length"},
+                },
+                opset=opset,
+                external_data=external_data,
+            )
         with console.status("checking ONNX against PyTorch"):
             parity = check_reranker_parity(module, fmt, sequences, onnx_path, pad_id, yes_id, no_id)
-        console.print(f"parity ONNX vs PyTorch P(yes) on {parity['pairs']} templated pairs ({parity['runs']}): "
-                      f"max_abs_diff={parity['max_abs_diff']:.2e} "
-                      f"padding_invariance={parity['padding_invariance_max_abs_diff']:.2e} "
-                      + ("[green]ok[/]" if parity["passed"] else "[red]FAILED[/]"))
+        console.print(
+            f"parity ONNX vs PyTorch P(yes) on {parity['pairs']} templated pairs ({parity['runs']}): "
+            f"max_abs_diff={parity['max_abs_diff']:.2e} "
+            f"padding_invariance={parity['padding_invariance_max_abs_diff']:.2e} "
+            + ("[green]ok[/]" if parity["passed"] else "[red]FAILED[/]")
+        )
         require_reranker_parity(parity)
         checkpoint = None
         if classifier is not None and from_format == "causal-lm":
@@ -127,30 +158,63 @@ def export_reranker(model: str = DEFAULT_RERANKER_MODEL, output: str | Path | No
         else:
             shutil.copyfile(source.path / "config.json", tmp / "config.json")
         hf_tokenizer.save_pretrained(tmp)
-        write_new_manifest(tmp, {
-            "task": "reranker",
-            "architecture": model_type,
-            "source": {**source.to_manifest(), "format": from_format},
-            "reranker": {
-                "format": fmt, "score": SCORE_RULE[fmt], "template": spec.template.to_manifest(),
-                "instruction": instruction or spec.template.default_instruction,
-                "yes_token_id": yes_id, "no_token_id": no_id, "pad_token_id": pad_id,
-                "padding_side": hf_tokenizer.padding_side, "max_length": max_length,
-                "truncation": "document first, then query; template prefix and suffix kept whole",
-            },
-            "conversion": conversion,
-            "pytorch_checkpoint": checkpoint,
-            "export": {"opset": opset, "exporter": "torch.onnx dynamo", "inputs": list(RERANKER_INPUTS),
-                       "outputs": ["logits"], "external_data": used_external},
-            "variants": {BASE_VARIANT: {"file": variant_file(BASE_VARIANT), "precision": "fp32", "stage": "export",
-                                        "external_data": used_external}},
-            "stages": [{"stage": "export", "variant": BASE_VARIANT, "format": fmt,
+        write_new_manifest(
+            tmp,
+            {
+                "task": "reranker",
+                "architecture": model_type,
+                "source": {**source.to_manifest(), "format": from_format},
+                "reranker": {
+                    "format": fmt,
+                    "score": SCORE_RULE[fmt],
+                    "template": spec.template.to_manifest(),
+                    "instruction": instruction or spec.template.default_instruction,
+                    "yes_token_id": yes_id,
+                    "no_token_id": no_id,
+                    "pad_token_id": pad_id,
+                    "padding_side": hf_tokenizer.padding_side,
+                    "max_length": max_length,
+                    "truncation": "document first, then query; template prefix and suffix kept whole",
+                },
+                "conversion": conversion,
+                "pytorch_checkpoint": checkpoint,
+                "export": {
+                    "opset": opset,
+                    "exporter": "torch.onnx dynamo",
+                    "inputs": list(RERANKER_INPUTS),
+                    "outputs": ["logits"],
+                    "external_data": used_external,
+                },
+                "variants": {
+                    BASE_VARIANT: {
+                        "file": variant_file(BASE_VARIANT),
+                        "precision": "fp32",
+                        "stage": "export",
+                        "external_data": used_external,
+                    }
+                },
+                "stages": [
+                    {
+                        "stage": "export",
+                        "variant": BASE_VARIANT,
+                        "format": fmt,
                         "seconds": round(time.perf_counter() - started, 1),
-                        "options": {"seq_cls": seq_cls, "instruction": instruction, "max_length": max_length,
-                                    "opset": opset, "revision": revision, "external_data": external_data},
-                        "conversion": conversion, "parity": parity}],
-            "validation": {},
-        })
-    console.print(f"[green]exported[/] {source.id} -> {target.resolve()} ({fmt}, "
-                  f"{time.perf_counter() - started:.0f} s)")
+                        "options": {
+                            "seq_cls": seq_cls,
+                            "instruction": instruction,
+                            "max_length": max_length,
+                            "opset": opset,
+                            "revision": revision,
+                            "external_data": external_data,
+                        },
+                        "conversion": conversion,
+                        "parity": parity,
+                    }
+                ],
+                "validation": {},
+            },
+        )
+    console.print(
+        f"[green]exported[/] {source.id} -> {target.resolve()} ({fmt}, {time.perf_counter() - started:.0f} s)"
+    )
     return ExportResult(target.resolve(), parity, source)

@@ -27,8 +27,10 @@ def single_token_id(tokenizer, token: str) -> int:
     """The id of ``token`` when it is exactly one token of the vocabulary, else a user error."""
     ids = tokenizer.encode(token, add_special_tokens=False).ids
     if len(ids) != 1 or tokenizer.id_to_token(ids[0]) is None:
-        raise QconvError(f"the tokenizer encodes '{token}' as {len(ids)} tokens {ids}; a yes/no reranker head "
-                         f"needs '{token}' to be a single token")
+        raise QconvError(
+            f"the tokenizer encodes '{token}' as {len(ids)} tokens {ids}; a yes/no reranker head "
+            f"needs '{token}' to be a single token"
+        )
     return ids[0]
 
 
@@ -100,9 +102,16 @@ def verify_conversion(causal_model, seqcls_module, encoder: PairEncoder, pad_id:
             expected = torch.softmax(last[:, [no_id, yes_id]].double(), dim=-1)[:, 1]
             got = torch.sigmoid(seqcls_module(ids_t, mask_t)[:, 0].double())
         worst = max(worst, float((expected - got).abs().max()))
-    result = {"pairs": len(sequences), "paddings": ["left", "right"], "max_abs_diff": worst,
-              "tolerance": VERIFY_TOLERANCE, "passed": worst <= VERIFY_TOLERANCE}
+    result = {
+        "pairs": len(sequences),
+        "paddings": ["left", "right"],
+        "max_abs_diff": worst,
+        "tolerance": VERIFY_TOLERANCE,
+        "passed": worst <= VERIFY_TOLERANCE,
+    }
     if not result["passed"]:
-        raise QconvError(f"seq-cls conversion check failed: |sigmoid(head) - P(yes)| = {worst:.2e} > "
-                         f"{VERIFY_TOLERANCE}; nothing was written")
+        raise QconvError(
+            f"seq-cls conversion check failed: |sigmoid(head) - P(yes)| = {worst:.2e} > "
+            f"{VERIFY_TOLERANCE}; nothing was written"
+        )
     return result

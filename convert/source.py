@@ -15,8 +15,15 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Files that make up a model's behaviour; their hashes identify a local model without a revision.
 _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model", ".tiktoken")
 _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "1_Pooling/*", "*/config.json"]
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                    "spiece.model", "sentencepiece.bpe.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 @dataclass(frozen=True)
@@ -32,8 +39,13 @@ class SourceModel:
         return self.id.rstrip("/").split("/")[-1] if self.kind == "hub" else self.path.name
 
     def to_manifest(self) -> dict:
-        return {"model": self.id, "kind": self.kind, "path": str(self.path) if self.kind == "local" else None,
-                "revision": self.revision, "content_sha256": self.content_sha256}
+        return {
+            "model": self.id,
+            "kind": self.kind,
+            "path": str(self.path) if self.kind == "local" else None,
+            "revision": self.revision,
+            "content_sha256": self.content_sha256,
+        }
 
 
 def content_hash(directory: Path) -> str:
@@ -82,8 +94,12 @@ def _download(repo_id: str, revision: str | None) -> SourceModel:
 
 
 def _hub_failure_reason(exc: BaseException) -> str:
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     known = [
         (GatedRepoError, "the repository is gated: accept its terms and set HF_TOKEN"),
@@ -103,5 +119,7 @@ def load_config_dict(model_dir: Path) -> dict:
 
 def require_tokenizer(model_dir: Path, model_type: str) -> None:
     if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
-        raise QconvError(f"{model_dir} has no tokenizer: '{model_type}' does not look like a text model "
-                         f"(qconv exports text embedding and reranker models)")
+        raise QconvError(
+            f"{model_dir} has no tokenizer: '{model_type}' does not look like a text model "
+            f"(qconv exports text embedding and reranker models)"
+        )

@@ -111,7 +111,9 @@ def reranker_spec(model_type: str) -> RerankerSpec:
         return _RERANKER_SPECS[model_type]
     except KeyError:
         supported = ", ".join(sorted(_RERANKER_SPECS))
-        raise QconvError(f"unsupported architecture '{model_type}' for reranker export (supported: {supported})") from None
+        raise QconvError(
+            f"unsupported architecture '{model_type}' for reranker export (supported: {supported})"
+        ) from None
 
 
 @register_reranker

@@ -24,8 +24,10 @@ def check_supported_modules(model_dir: Path) -> None:
     for module in json.loads(modules_file.read_text(encoding="utf-8")):
         kind = module.get("type", "").rsplit(".", 1)[-1]
         if kind not in _SUPPORTED_MODULES:
-            raise QconvError(f"{modules_file}: sentence-transformers module '{kind}' is not supported "
-                             f"(supported: {', '.join(_SUPPORTED_MODULES)})")
+            raise QconvError(
+                f"{modules_file}: sentence-transformers module '{kind}' is not supported "
+                f"(supported: {', '.join(_SUPPORTED_MODULES)})"
+            )
 
 
 def read_json(path: Path) -> dict:
@@ -37,22 +39,35 @@ def source_prompts(model_dir: Path, default: dict[str, str]) -> tuple[dict, str]
     config = read_json(model_dir / "config_sentence_transformers.json")
     if config:
         return config, "config_sentence_transformers.json"
-    return {"prompts": dict(default), "default_prompt_name": None, "similarity_fn_name": "cosine"}, "architecture default"
+    return {
+        "prompts": dict(default),
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }, "architecture default"
 
 
-def write_st_files(out: Path, *, pooling: str, normalize: bool, dimension: int, max_length: int,
-                   do_lower_case: bool, st_config: dict) -> list[str]:
+def write_st_files(
+    out: Path, *, pooling: str, normalize: bool, dimension: int, max_length: int, do_lower_case: bool, st_config: dict
+) -> list[str]:
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
     if normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    pooling_config = {"word_embedding_dimension": dimension, "pooling_mode_max_tokens": False,
-                      "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-                      "include_prompt": True}
+    pooling_config = {
+        "word_embedding_dimension": dimension,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "include_prompt": True,
+    }
     for mode in POOLING_MODES:
-        key = {"lasttoken": "pooling_mode_lasttoken", "mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}[mode]
+        key = {
+            "lasttoken": "pooling_mode_lasttoken",
+            "mean": "pooling_mode_mean_tokens",
+            "cls": "pooling_mode_cls_token",
+        }[mode]
         pooling_config[key] = mode == pooling
     files = {
         "modules.json": modules,

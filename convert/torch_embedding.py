@@ -58,7 +58,10 @@ def load_base_model(model_dir: Path):
     require_safetensors(model_dir)
     try:
         model = AutoModel.from_pretrained(
-            model_dir, dtype=_torch().float32, trust_remote_code=False, use_safetensors=True,
+            model_dir,
+            dtype=_torch().float32,
+            trust_remote_code=False,
+            use_safetensors=True,
             attn_implementation="sdpa",
         )
     except (OSError, ValueError, KeyError) as exc:
@@ -93,17 +96,23 @@ class TorchEmbedder:
         self.module = build_embedding_module(load_base_model(model_dir), pooling, normalize)
         self.max_length = max_length
 
-    def encode(self, texts: Sequence[str], *, prompt: str | None = None, batch_size: int = 32,
-               progress=None) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], *, prompt: str | None = None, batch_size: int = 32, progress=None
+    ) -> np.ndarray:
         torch = _torch()
         inputs = [(prompt or "") + t for t in texts]
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
         out: np.ndarray | None = None
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                batch = self.tokenizer([inputs[i] for i in idx], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
+                idx = order[start : start + batch_size]
+                batch = self.tokenizer(
+                    [inputs[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 _, emb = self.module(batch["input_ids"], batch["attention_mask"])
                 if out is None:
                     out = np.empty((len(inputs), emb.shape[-1]), dtype=np.float32)

@@ -27,8 +27,18 @@ CACHE_DIR = ".cache"
 BASE_VARIANT = "model"
 # Packages whose versions decide what an artifact contains; recorded in every manifest.
 RECORDED_PACKAGES = (
-    "qconv", "torch", "transformers", "tokenizers", "onnx", "onnxruntime", "onnxscript", "optimum",
-    "optimum-onnx", "sentence-transformers", "datasets", "numpy",
+    "qconv",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "optimum",
+    "optimum-onnx",
+    "sentence-transformers",
+    "datasets",
+    "numpy",
 )
 _NOT_HASHED_DIRS = {CACHE_DIR}
 
@@ -198,7 +208,9 @@ def find_artifact(path: str | Path | None, root: str | Path = "artifacts") -> Ar
     root = Path(root)
     found = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
     if not found:
-        raise QconvError(f"no artifact given and none found under {root.resolve()}/ (pass ARTIFACT or set QCONV_ARTIFACT)")
+        raise QconvError(
+            f"no artifact given and none found under {root.resolve()}/ (pass ARTIFACT or set QCONV_ARTIFACT)"
+        )
     if len(found) > 1:
         names = ", ".join(str(p) for p in found)
         raise QconvError(f"several artifacts under {root}/, pass one of: {names}")

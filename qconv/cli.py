@@ -26,43 +26,155 @@ def export() -> None:
 
 
 @export.command("embedding")
-@click.option("--model", "model", default="Qwen/Qwen3-Embedding-0.6B", show_default=True,
-              help="Local model directory or Hugging Face Hub id.")
-@click.option("--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>].")
+@click.option(
+    "--model",
+    "model",
+    default="Qwen/Qwen3-Embedding-0.6B",
+    show_default=True,
+    help="Local model directory or Hugging Face Hub id.",
+)
+@click.option(
+    "--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>]."
+)
 @click.option("--pooling", default="auto", show_default=True, help="auto | lasttoken | mean | cls.")
 @click.option("--no-normalize", is_flag=True, help="Do not L2-normalise sentence_embedding.")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Store weights beside the graph [default: only when over 2 GB].")
+@click.option(
+    "--external-data/--no-external-data",
+    default=None,
+    help="Store weights beside the graph [default: only when over 2 GB].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
 def export_embedding_cmd(model, output, pooling, no_normalize, opset, revision, external_data, overwrite) -> None:
     """Export a sentence-embedding model (Qwen3-Embedding, BERT-family sentence-transformers)."""
     from qconv.convert.export import export_embedding
 
-    export_embedding(model, output, pooling=pooling, normalize=not no_normalize, opset=opset, revision=revision,
-                     external_data=external_data, overwrite=overwrite)
+    export_embedding(
+        model,
+        output,
+        pooling=pooling,
+        normalize=not no_normalize,
+        opset=opset,
+        revision=revision,
+        external_data=external_data,
+        overwrite=overwrite,
+    )
 
 
 @export.command("reranker")
-@click.option("--model", "model", default="Qwen/Qwen3-Reranker-0.6B", show_default=True,
-              help="Qwen3-Reranker checkpoint (causal LM) or a converted seq-cls checkpoint; directory or Hub id.")
-@click.option("--seq-cls", "seq_cls", is_flag=True,
-              help="Export a one-logit classification head (W[yes] - W[no]); without it, the causal-LM format.")
-@click.option("--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>-<format>].")
+@click.option(
+    "--model",
+    "model",
+    default="Qwen/Qwen3-Reranker-0.6B",
+    show_default=True,
+    help="Qwen3-Reranker checkpoint (causal LM) or a converted seq-cls checkpoint; directory or Hub id.",
+)
+@click.option(
+    "--seq-cls",
+    "seq_cls",
+    is_flag=True,
+    help="Export a one-logit classification head (W[yes] - W[no]); without it, the causal-LM format.",
+)
+@click.option(
+    "--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>-<format>]."
+)
 @click.option("--instruction", help="Default instruction stored in the artifact.")
 @click.option("--max-length", type=int, help="Token budget per pair (template included) [default: 8192].")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Store weights beside the graph [default: only when over 2 GB].")
+@click.option(
+    "--external-data/--no-external-data",
+    default=None,
+    help="Store weights beside the graph [default: only when over 2 GB].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
-def export_reranker_cmd(model, seq_cls, output, instruction, max_length, opset, revision, external_data, overwrite) -> None:
+def export_reranker_cmd(
+    model, seq_cls, output, instruction, max_length, opset, revision, external_data, overwrite
+) -> None:
     """Export a Qwen3-Reranker; --seq-cls is the fast, exact format."""
     from qconv.convert.reranker_export import export_reranker
 
-    export_reranker(model, output, seq_cls=seq_cls, instruction=instruction, max_length=max_length, opset=opset,
-                    revision=revision, external_data=external_data, overwrite=overwrite)
+    export_reranker(
+        model,
+        output,
+        seq_cls=seq_cls,
+        instruction=instruction,
+        max_length=max_length,
+        opset=opset,
+        revision=revision,
+        external_data=external_data,
+        overwrite=overwrite,
+    )
+
+
+@cli.command()
+@click.argument("artifact", required=False)
+@click.option("--mode", required=True, help="int8 | q4 | q4f16 | fp16.")
+@click.option("--from", "source_variant", default="model", show_default=True, help="Variant to quantize.")
+@click.option("--per-tensor", is_flag=True, help="int8: one scale per weight tensor instead of per channel.")
+@click.option("--preset", help="int8: avx512_vnni | avx2 | arm64 [default: detected from this CPU].")
+@click.option("--block-size", type=int, default=32, show_default=True, help="q4/q4f16: weights per scale.")
+@click.option("--accuracy-level", type=int, help="q4/q4f16: MatMulNBits accuracy level (0-4).")
+@click.option(
+    "--quantize-embeddings/--no-quantize-embeddings",
+    default=None,
+    help="Also store the embedding table as int8 [default: on for int8, off otherwise].",
+)
+@click.option("--exclude", multiple=True, help="Keep nodes whose name matches this pattern in full precision.")
+@click.option("--validate", "datasets", multiple=True, help="Validate the new variant on this dataset (repeatable).")
+@click.option("--limit", type=int, help="With --validate: evaluate only the first N pairs/queries.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing variant of the same name.")
+def quantize(
+    artifact,
+    mode,
+    source_variant,
+    per_tensor,
+    preset,
+    block_size,
+    accuracy_level,
+    quantize_embeddings,
+    exclude,
+    datasets,
+    limit,
+    overwrite,
+) -> None:
+    """Write a quantized variant (onnx/model_<variant>.onnx) and record it in the manifest."""
+    from qconv.artifact import find_artifact
+    from qconv.convert.quantize import QuantizeOptions
+    from qconv.convert.quantize import quantize as run_quantize
+
+    art = find_artifact(artifact)
+    options = QuantizeOptions(
+        per_channel=not per_tensor,
+        preset=preset,
+        block_size=block_size,
+        accuracy_level=accuracy_level,
+        quantize_embeddings=quantize_embeddings,
+        exclude=list(exclude),
+    )
+    variant, _ = run_quantize(art, mode, source_variant=source_variant, options=options, overwrite=overwrite)
+    failed = []
+    for dataset in datasets:
+        report = _validate(art, dataset, variant=variant, limit=limit)
+        if not report["passed"]:
+            failed.append(f"{dataset}: {'; '.join(report['failures'])}")
+    if failed:
+        from qconv.errors import GateFailed
+
+        raise GateFailed(f"validation failed for {variant}: {' | '.join(failed)}")
+
+
+def _validate(art, dataset: str, **options) -> dict:
+    from qconv.validate.datasets import dataset_spec
+
+    if dataset_spec(dataset).kind == "rerank":
+        from qconv.validate.rerank import validate_reranker
+
+        return validate_reranker(art, dataset, raise_on_fail=False, **options)
+    from qconv.validate.embedding import validate_embedding
+
+    return validate_embedding(art, dataset, raise_on_fail=False, **options)
 
 
 def _only_for(kind: str, dataset: str, **given) -> None:
@@ -93,9 +205,27 @@ def _only_for(kind: str, dataset: str, **given) -> None:
 @click.option("--min-top1", type=float, help="Gate (msmarco): minimum top-1 agreement.")
 @click.option("--offline", is_flag=True, help="Do not try the Hub; use --data-files or the bundled sample.")
 @click.option("--json", "as_json", is_flag=True, help="Also print the JSON report on stdout.")
-def validate(artifact, dataset, variant, data_files, split, limit, max_candidates, reference, providers, batch_size,
-             instruction, dim, min_cosine, min_cosine_mean, max_delta, max_score_diff, min_top1, offline,
-             as_json) -> None:
+def validate(
+    artifact,
+    dataset,
+    variant,
+    data_files,
+    split,
+    limit,
+    max_candidates,
+    reference,
+    providers,
+    batch_size,
+    instruction,
+    dim,
+    min_cosine,
+    min_cosine_mean,
+    max_delta,
+    max_score_diff,
+    min_top1,
+    offline,
+    as_json,
+) -> None:
     """Validate an ONNX variant against the PyTorch original (exit 1 when a threshold fails)."""
     from qconv.artifact import find_artifact
     from qconv.console import console_on_stderr
@@ -104,24 +234,48 @@ def validate(artifact, dataset, variant, data_files, split, limit, max_candidate
     from qconv.validate.report import to_json
 
     spec = dataset_spec(dataset)
-    common = dict(variant=variant, data_files=data_files, split=split, limit=limit, reference=reference,
-                  providers=_split_providers(providers), instruction=instruction, max_abs_delta=max_delta,
-                  offline=offline, raise_on_fail=False)
+    common = dict(
+        variant=variant,
+        data_files=data_files,
+        split=split,
+        limit=limit,
+        reference=reference,
+        providers=_split_providers(providers),
+        instruction=instruction,
+        max_abs_delta=max_delta,
+        offline=offline,
+        raise_on_fail=False,
+    )
     with console_on_stderr(as_json):
         art = find_artifact(artifact)
         if spec.kind == "rerank":
             from qconv.validate.rerank import validate_reranker
 
             _only_for("reranker", dataset, dim=dim, min_cosine=min_cosine, min_cosine_mean=min_cosine_mean)
-            report = validate_reranker(art, dataset, max_candidates=max_candidates or 30, batch_size=batch_size or 8,
-                                       max_abs_score_diff=max_score_diff, min_top1_agreement=min_top1, **common)
+            report = validate_reranker(
+                art,
+                dataset,
+                max_candidates=max_candidates or 30,
+                batch_size=batch_size or 8,
+                max_abs_score_diff=max_score_diff,
+                min_top1_agreement=min_top1,
+                **common,
+            )
         else:
             from qconv.validate.embedding import validate_embedding
 
-            _only_for("embedding", dataset, max_candidates=max_candidates, max_score_diff=max_score_diff,
-                      min_top1=min_top1)
-            report = validate_embedding(art, dataset, batch_size=batch_size or 32, dim=dim, min_cosine=min_cosine,
-                                        min_cosine_mean=min_cosine_mean, **common)
+            _only_for(
+                "embedding", dataset, max_candidates=max_candidates, max_score_diff=max_score_diff, min_top1=min_top1
+            )
+            report = validate_embedding(
+                art,
+                dataset,
+                batch_size=batch_size or 32,
+                dim=dim,
+                min_cosine=min_cosine,
+                min_cosine_mean=min_cosine_mean,
+                **common,
+            )
     if as_json:
         click.echo(to_json(report))
     if not report["passed"]:
@@ -161,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
         if os.environ.get("QCONV_DEBUG"):
             raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {one_line(exc)} "
-                   f"(set QCONV_DEBUG=1 for the traceback)", err=True)
+        click.echo(
+            f"error: internal error: {type(exc).__name__}: {one_line(exc)} (set QCONV_DEBUG=1 for the traceback)",
+            err=True,
+        )
         return 3
     return 0
 

@@ -49,8 +49,11 @@ def run_demo(output_root: str | Path = "artifacts", limit: int | None = None, ta
     if task in ("reranker", "all"):
         source = _source(DEMO_RERANKER_NAME, create_qwen3_reranker)
         result = export_reranker(str(source), Path(output_root) / f"{DEMO_RERANKER_NAME}-seq-cls", overwrite=True)
-        reports.append(validate_reranker(result.path, "msmarco", offline=True, limit=limit or 30,
-                                         note=RANDOM_WEIGHTS_NOTE))
-    console.print(f"[bold yellow]reminder: {RANDOM_WEIGHTS_NOTE}. Real checkpoints: 'qconv export embedding "
-                  f"--model DIR', 'qconv export reranker --seq-cls --model DIR'.[/]")
+        reports.append(
+            validate_reranker(result.path, "msmarco", offline=True, limit=limit or 30, note=RANDOM_WEIGHTS_NOTE)
+        )
+    console.print(
+        f"[bold yellow]reminder: {RANDOM_WEIGHTS_NOTE}. Real checkpoints: 'qconv export embedding "
+        f"--model DIR', 'qconv export reranker --seq-cls --model DIR'.[/]"
+    )
     return reports

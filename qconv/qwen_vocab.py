@@ -16,7 +16,8 @@ from .errors import QconvError
 
 # Qwen2's split regex (tokenizer.json of Qwen2/Qwen3), not tiktoken's cl100k one: digits split singly.
 QWEN2_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # (id, content, special) exactly as in Qwen3's tokenizer_config.json added_tokens_decoder.
@@ -116,16 +117,27 @@ def build_tokenizer_json(append_eos: bool = True) -> dict:
     """tokenizer.json content for Qwen3; ``append_eos`` mimics Qwen3-Embedding (appends <|endoftext|>)."""
     vocab, merges = _vocab_and_merges(_load_ranks(_ranks_file()))
     added = [
-        {"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": s}
+        {
+            "id": i,
+            "content": c,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": s,
+        }
         for i, c, s in QWEN3_ADDED_TOKENS
     ]
     if append_eos:
         post = {
             "type": "TemplateProcessing",
             "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": ENDOFTEXT, "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": ENDOFTEXT, "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": ENDOFTEXT, "type_id": 1}}],
+            "pair": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": ENDOFTEXT, "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+                {"SpecialToken": {"id": ENDOFTEXT, "type_id": 1}},
+            ],
             "special_tokens": {ENDOFTEXT: {"id": ENDOFTEXT, "ids": [151643], "tokens": [ENDOFTEXT]}},
         }
     else:
@@ -146,9 +158,16 @@ def build_tokenizer_json(append_eos: bool = True) -> dict:
         "post_processor": post,
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-            "vocab": vocab, "merges": merges,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": merges,
         },
     }
 
@@ -157,8 +176,14 @@ def tokenizer_config(padding_side: str = "left", model_max_length: int = 32768) 
     return {
         "tokenizer_class": "Qwen2TokenizerFast",
         "added_tokens_decoder": {
-            str(i): {"content": c, "lstrip": False, "normalized": False, "rstrip": False,
-                     "single_word": False, "special": s}
+            str(i): {
+                "content": c,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": s,
+            }
             for i, c, s in QWEN3_ADDED_TOKENS
         },
         "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],

@@ -30,8 +30,10 @@ class RerankTemplate:
 
 
 QWEN3_RERANKER_TEMPLATE = RerankTemplate(
-    prefix=('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '
-            'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'),
+    prefix=(
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+        'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    ),
     body="<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",
     suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
     default_instruction="Given a web search query, retrieve relevant passages that answer the query",
@@ -54,12 +56,15 @@ class PairEncoder:
         self.suffix_ids = tokenizer.encode(template.suffix, add_special_tokens=False).ids
         self.body_budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
         if self.body_budget < 1:
-            raise QconvError(f"max length {max_length} leaves no room for the query and document: the template "
-                             f"alone takes {len(self.prefix_ids) + len(self.suffix_ids)} tokens")
+            raise QconvError(
+                f"max length {max_length} leaves no room for the query and document: the template "
+                f"alone takes {len(self.prefix_ids) + len(self.suffix_ids)} tokens"
+            )
 
     def body(self, query: str, document: str, instruction: str | None) -> str:
-        return self.template.body.format(instruction=instruction or self.template.default_instruction,
-                                         query=query, document=document)
+        return self.template.body.format(
+            instruction=instruction or self.template.default_instruction, query=query, document=document
+        )
 
     def encode(self, query: str, document: str, instruction: str | None = None) -> list[int]:
         body_ids = self.tokenizer.encode(self.body(query, document, instruction), add_special_tokens=False).ids

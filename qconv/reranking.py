@@ -37,8 +37,13 @@ class Reranker:
     >>> Reranker("artifacts/Qwen3-Reranker-0.6B-seq-cls").rank("what is onnx?", ["ONNX is ...", "Bananas"])
     """
 
-    def __init__(self, artifact: str | Path | Artifact, variant: str = "model",
-                 providers: Sequence[str] | str | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        artifact: str | Path | Artifact,
+        variant: str = "model",
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+    ):
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
         if self.artifact.task != "reranker":
             raise QconvError(f"{self.artifact.name} is a {self.artifact.task} artifact, not a reranker")
@@ -47,38 +52,53 @@ class Reranker:
         self.format = settings["format"]
         self.providers = resolve_providers(providers)
         self.session = open_session(self.artifact.variant_path(variant), self.providers, threads)
-        tokenizer = load_fast_tokenizer(self.artifact.path, padding_side=settings["padding_side"],
-                                        max_length=settings["max_length"])
+        tokenizer = load_fast_tokenizer(
+            self.artifact.path, padding_side=settings["padding_side"], max_length=settings["max_length"]
+        )
         tokenizer.no_truncation()  # the pair encoder truncates the body itself, keeping prefix and suffix
         tokenizer.no_padding()
-        self.encoder = PairEncoder(tokenizer, RerankTemplate.from_manifest(settings["template"]),
-                                   settings["max_length"])
+        self.encoder = PairEncoder(
+            tokenizer, RerankTemplate.from_manifest(settings["template"]), settings["max_length"]
+        )
 
-    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 8,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def score_ids(
+        self, sequences: Sequence[Sequence[int]], batch_size: int = 8, progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         scores = np.empty(len(sequences), dtype=np.float64)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            ids, mask = pad_batch([sequences[i] for i in idx], self.settings["pad_token_id"],
-                                  self.settings["padding_side"])
+            idx = order[start : start + batch_size]
+            ids, mask = pad_batch(
+                [sequences[i] for i in idx], self.settings["pad_token_id"], self.settings["padding_side"]
+            )
             (logits,) = self.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
-            scores[idx] = yes_probability(self.format, logits, mask, self.settings["yes_token_id"],
-                                          self.settings["no_token_id"])
+            scores[idx] = yes_probability(
+                self.format, logits, mask, self.settings["yes_token_id"], self.settings["no_token_id"]
+            )
             if progress is not None:
                 progress(len(idx))
         return scores
 
-    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
-              batch_size: int = 8) -> np.ndarray:
+    def score(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None, batch_size: int = 8
+    ) -> np.ndarray:
         """P(yes) for each document (instruction defaults to the artifact's)."""
         if not documents:
             return np.zeros(0)
-        return self.score_ids(self.encoder.encode_pairs(query, documents, instruction or self.settings["instruction"]),
-                              batch_size=batch_size)
+        return self.score_ids(
+            self.encoder.encode_pairs(query, documents, instruction or self.settings["instruction"]),
+            batch_size=batch_size,
+        )
 
-    def rank(self, query: str, documents: Sequence[str], *, top_k: int | None = None,
-             instruction: str | None = None, batch_size: int = 8) -> list[dict]:
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        instruction: str | None = None,
+        batch_size: int = 8,
+    ) -> list[dict]:
         scores = self.score(query, documents, instruction=instruction, batch_size=batch_size)
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_k]
         return [{"index": i, "score": float(scores[i]), "document": documents[i]} for i in order]

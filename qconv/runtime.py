@@ -26,8 +26,9 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     available = _available_providers()
     for name in names:
         if name not in available:
-            raise QconvError(f"execution provider '{name}' is not available in this onnxruntime "
-                             f"(available: {', '.join(available)})")
+            raise QconvError(
+                f"execution provider '{name}' is not available in this onnxruntime (available: {', '.join(available)})"
+            )
     return names
 
 
@@ -68,7 +69,7 @@ def batched(texts: Sequence[str], batch_size: int):
     """Yield (indices, texts) batches, longest first, so that padding is minimal within each batch."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield idx, [texts[i] for i in idx]
 
 
@@ -78,8 +79,13 @@ class Embedder:
     >>> Embedder("artifacts/Qwen3-Embedding-0.6B").encode(["hello"], prompt_name="query")
     """
 
-    def __init__(self, artifact: str | Path | Artifact, variant: str = "model",
-                 providers: Sequence[str] | str | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        artifact: str | Path | Artifact,
+        variant: str = "model",
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+    ):
         self.artifact = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
         if self.artifact.task != "embedding":
             raise QconvError(f"{self.artifact.name} is a {self.artifact.task} artifact, not an embedding model")
@@ -88,8 +94,9 @@ class Embedder:
         self.providers = resolve_providers(providers)
         self.settings = settings
         self.session = open_session(self.artifact.variant_path(variant), self.providers, threads)
-        self.tokenizer = load_fast_tokenizer(self.artifact.path, padding_side=settings["padding_side"],
-                                             max_length=settings["max_length"])
+        self.tokenizer = load_fast_tokenizer(
+            self.artifact.path, padding_side=settings["padding_side"], max_length=settings["max_length"]
+        )
         self._input_names = {i.name for i in self.session.get_inputs()}
 
     @property
@@ -104,9 +111,16 @@ class Embedder:
             raise QconvError(f"unknown prompt name '{prompt_name}' (known: {', '.join(prompts) or 'none'})")
         return prompts[prompt_name]
 
-    def encode(self, texts: Sequence[str], *, prompt: str | None = None, prompt_name: str | None = None,
-               batch_size: int = 32, dim: int | None = None,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        batch_size: int = 32,
+        dim: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
         """Embed ``texts`` (with ``prompt`` or a named prompt prefixed); optional Matryoshka ``dim``."""
         prefix = prompt if prompt is not None else self.prompt(prompt_name)
         inputs = [prefix + t for t in texts]

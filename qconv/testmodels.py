@@ -6,7 +6,7 @@ Used by the offline demo and the tests. Task metrics on random weights mean noth
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .qwen_vocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
@@ -39,16 +39,29 @@ def _qwen3_config(shape: Qwen3Shape, architecture: str):
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        **asdict(shape), tie_word_embeddings=True, initializer_range=RANDOM_INIT_STD, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+        **asdict(shape),
+        tie_word_embeddings=True,
+        initializer_range=RANDOM_INIT_STD,
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
         # No pad_token_id: it would make nn.Embedding zero the <|endoftext|> row, which the real
         # checkpoints have trained (and Qwen3-Embedding pools on exactly that token).
-        bos_token_id=151643, eos_token_id=151643, architectures=[architecture],
+        bos_token_id=151643,
+        eos_token_id=151643,
+        architectures=[architecture],
         torch_dtype="float32",
     )
 
 
-def create_qwen3_embedding(out: str | Path, *, shape: Qwen3Shape = TINY, seed: int = 0,
-                           st_files: bool = True, append_eos: bool = True, padding_side: str = "left") -> Path:
+def create_qwen3_embedding(
+    out: str | Path,
+    *,
+    shape: Qwen3Shape = TINY,
+    seed: int = 0,
+    st_files: bool = True,
+    append_eos: bool = True,
+    padding_side: str = "left",
+) -> Path:
     """Write a random Qwen3 embedding checkpoint like Qwen3-Embedding: Qwen3Model weights, a tokenizer
     that appends <|endoftext|> (also its pad token) and, optionally, sentence-transformers files."""
     import torch
@@ -68,23 +81,32 @@ def create_qwen3_embedding(out: str | Path, *, shape: Qwen3Shape = TINY, seed: i
                 {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
             ],
             "1_Pooling/config.json": {
-                "word_embedding_dimension": shape.hidden_size, "pooling_mode_cls_token": False,
-                "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
-                "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-                "pooling_mode_lasttoken": True, "include_prompt": True,
+                "word_embedding_dimension": shape.hidden_size,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": False,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False,
+                "pooling_mode_lasttoken": True,
+                "include_prompt": True,
             },
             "sentence_bert_config.json": {"max_seq_length": 8192, "do_lower_case": False},
             "config_sentence_transformers.json": {
-                "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages that "
-                                     "answer the query\nQuery:", "document": ""},
-                "default_prompt_name": None, "similarity_fn_name": "cosine",
+                "prompts": {
+                    "query": "Instruct: Given a web search query, retrieve relevant passages that "
+                    "answer the query\nQuery:",
+                    "document": "",
+                },
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
             },
         }
         for rel, content in files.items():
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             (out / rel).write_text(json.dumps(content, indent=2), encoding="utf-8")
-    (out / "README.md").write_text(f"# Random Qwen3 embedding test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n",
-                                   encoding="utf-8")
+    (out / "README.md").write_text(
+        f"# Random Qwen3 embedding test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n", encoding="utf-8"
+    )
     return out
 
 
@@ -99,6 +121,7 @@ def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: in
     torch.manual_seed(seed)
     Qwen3ForCausalLM(_qwen3_config(shape, "Qwen3ForCausalLM")).eval().save_pretrained(out, safe_serialization=True)
     write_qwen3_tokenizer(out, append_eos=False, padding_side="left")
-    (out / "README.md").write_text(f"# Random Qwen3 reranker test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n",
-                                   encoding="utf-8")
+    (out / "README.md").write_text(
+        f"# Random Qwen3 reranker test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n", encoding="utf-8"
+    )
     return out

@@ -61,8 +61,9 @@ def tiny_qwen3_plain(tmp_path_factory):
     """A bare Qwen3Model checkpoint: no sentence-transformers files, right padding."""
     from qconv.testmodels import create_qwen3_embedding
 
-    return create_qwen3_embedding(tmp_path_factory.mktemp("models") / "tiny-qwen3-plain", seed=1,
-                                  st_files=False, padding_side="right")
+    return create_qwen3_embedding(
+        tmp_path_factory.mktemp("models") / "tiny-qwen3-plain", seed=1, st_files=False, padding_side="right"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +84,12 @@ def qwen3_plain_artifact(tiny_qwen3_plain, tmp_path_factory):
     """Exported with the options the main fixture does not cover: no normalisation, external data."""
     from qconv.convert.export import export_embedding
 
-    return export_embedding(str(tiny_qwen3_plain), tmp_path_factory.mktemp("artifacts") / "tiny-qwen3-plain",
-                            normalize=False, external_data=True).path
+    return export_embedding(
+        str(tiny_qwen3_plain),
+        tmp_path_factory.mktemp("artifacts") / "tiny-qwen3-plain",
+        normalize=False,
+        external_data=True,
+    ).path
 
 
 @pytest.fixture(scope="session")
@@ -136,8 +141,12 @@ def causal_artifact(tiny_qwen3_reranker, tmp_path_factory):
     from qconv.convert.reranker_export import export_reranker
 
     # Forced external data here covers that path for rerankers without another export.
-    return export_reranker(str(tiny_qwen3_reranker), tmp_path_factory.mktemp("artifacts") / "reranker-causal-lm",
-                           seq_cls=False, external_data=True).path
+    return export_reranker(
+        str(tiny_qwen3_reranker),
+        tmp_path_factory.mktemp("artifacts") / "reranker-causal-lm",
+        seq_cls=False,
+        external_data=True,
+    ).path
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from qconv.convert.export import export_embedding
 from qconv.convert.parity import ParityThresholds
+
 from qconv.errors import QconvError
 
 
@@ -25,8 +25,12 @@ def assert_one_line_error(code, err, *needles, status=2):
 def test_unknown_model_path_in_a_real_process(tmp_path):
     out = tmp_path / "out"
     script = Path(sys.executable).parent / "qconv"
-    proc = subprocess.run([str(script), "export", "embedding", "--model", str(tmp_path / "missing"),
-                           "--output", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(script), "export", "embedding", "--model", str(tmp_path / "missing"), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_one_line_error(proc.returncode, proc.stderr, "does not exist")
     assert not out.exists()
 
@@ -62,11 +66,11 @@ def test_model_directory_without_config(run_cli, tmp_path):
 
 
 def test_unknown_pooling_and_bad_opset(run_cli, tiny_qwen3, tmp_path):
-    code, _, err = run_cli("export", "embedding", "--model", tiny_qwen3, "--pooling", "max",
-                           "--output", tmp_path / "out")
+    code, _, err = run_cli(
+        "export", "embedding", "--model", tiny_qwen3, "--pooling", "max", "--output", tmp_path / "out"
+    )
     assert_one_line_error(code, err, "unknown pooling 'max'")
-    code, _, err = run_cli("export", "embedding", "--model", tiny_qwen3, "--opset", "11",
-                           "--output", tmp_path / "out")
+    code, _, err = run_cli("export", "embedding", "--model", tiny_qwen3, "--opset", "11", "--output", tmp_path / "out")
     assert_one_line_error(code, err, "--opset 11")
     assert not (tmp_path / "out").exists()
 
@@ -121,8 +125,12 @@ def test_artifact_without_manifest(run_cli, tmp_path):
 def test_corrupt_onnx_in_a_real_process(artifact_copy):
     (artifact_copy / "onnx" / "model.onnx").write_bytes(b"this is not a protobuf")
     script = Path(sys.executable).parent / "qconv"
-    proc = subprocess.run([str(script), "validate", str(artifact_copy), "--dataset", "sts12", "--limit", "10"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(script), "validate", str(artifact_copy), "--dataset", "sts12", "--limit", "10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_one_line_error(proc.returncode, proc.stderr, "onnxruntime cannot load", "model.onnx")
 
 
@@ -146,11 +154,19 @@ def _char_level_causal_lm(directory: Path) -> Path:
     directory.mkdir()
     vocab = {c: i for i, c in enumerate(list("abcdefghijklmnopqrstuvwxyz <>:\n") + ["<pad>"])}
     Tokenizer(models.BPE(vocab=vocab, merges=[])).save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>"}))
-    config = Qwen3Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                         architectures=["Qwen3ForCausalLM"])
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>"})
+    )
+    config = Qwen3Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        architectures=["Qwen3ForCausalLM"],
+    )
     Qwen3ForCausalLM(config).save_pretrained(directory, safe_serialization=True)
     return directory
 
@@ -169,24 +185,41 @@ def test_seq_cls_needs_a_causal_lm(run_cli, tiny_qwen3, tmp_path):
 
 
 def test_reranker_max_length_out_of_range(run_cli, tiny_qwen3_reranker, tmp_path):
-    code, _, err = run_cli("export", "reranker", "--model", tiny_qwen3_reranker, "--seq-cls", "--max-length", "0",
-                           "--output", tmp_path / "out")
+    code, _, err = run_cli(
+        "export",
+        "reranker",
+        "--model",
+        tiny_qwen3_reranker,
+        "--seq-cls",
+        "--max-length",
+        "0",
+        "--output",
+        tmp_path / "out",
+    )
     assert_one_line_error(code, err, "--max-length 0")
 
 
 def test_msmarco_file_without_positive_passages(run_cli, seqcls_copy, tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"query_id": "1", "query": "q", "negative_passages": [{"docid": "d", "title": "",
-                                                                                   "text": "t"}]}) + "\n")
+    bad.write_text(
+        json.dumps({"query_id": "1", "query": "q", "negative_passages": [{"docid": "d", "title": "", "text": "t"}]})
+        + "\n"
+    )
     code, _, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--data-files", bad)
     assert_one_line_error(code, err, "lacks column(s) positive_passages")
 
 
 def test_msmarco_query_without_candidates(run_cli, seqcls_copy, tmp_path):
     bad = tmp_path / "empty.jsonl"
-    rows = [{"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "title": "", "text": "t"}],
-             "negative_passages": []},
-            {"query_id": "2", "query": "q2", "positive_passages": [], "negative_passages": []}]
+    rows = [
+        {
+            "query_id": "1",
+            "query": "q",
+            "positive_passages": [{"docid": "a", "title": "", "text": "t"}],
+            "negative_passages": [],
+        },
+        {"query_id": "2", "query": "q2", "positive_passages": [], "negative_passages": []},
+    ]
     bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     code, _, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--data-files", bad)
     assert_one_line_error(code, err, "query 2 has no candidate passages")

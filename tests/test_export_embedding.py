@@ -5,9 +5,9 @@ import json
 import numpy as np
 import onnx
 import pytest
+from qconv.convert.torch_embedding import TorchEmbedder
 
 from qconv.artifact import Artifact, hash_tree
-from qconv.convert.torch_embedding import TorchEmbedder
 from qconv.runtime import Embedder
 
 TEXTS = [
@@ -27,8 +27,17 @@ def cosine_min(a, b):
 
 
 def test_layout_and_manifest(qwen3_artifact, tiny_qwen3):
-    for rel in ("config.json", "tokenizer.json", "tokenizer_config.json", "modules.json", "1_Pooling/config.json",
-                "sentence_bert_config.json", "config_sentence_transformers.json", "onnx/model.onnx", "qconv.json"):
+    for rel in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "onnx/model.onnx",
+        "qconv.json",
+    ):
         assert (qwen3_artifact / rel).is_file(), rel
     manifest = Artifact(qwen3_artifact).manifest
     assert manifest["task"] == "embedding"
@@ -42,8 +51,12 @@ def test_layout_and_manifest(qwen3_artifact, tiny_qwen3):
     assert manifest["packages"]["onnxruntime"]
     assert [s["stage"] for s in manifest["stages"]][0] == "export"
     assert manifest["stages"][0]["parity"]["passed"] is True
-    assert manifest["variants"]["model"] == {"file": "onnx/model.onnx", "precision": "fp32", "stage": "export",
-                                              "external_data": False}
+    assert manifest["variants"]["model"] == {
+        "file": "onnx/model.onnx",
+        "precision": "fp32",
+        "stage": "export",
+        "external_data": False,
+    }
 
 
 def test_manifest_hashes_every_file(qwen3_artifact):
@@ -69,8 +82,12 @@ def test_matches_pytorch_with_left_and_right_padding(qwen3_artifact, tiny_qwen3)
     batched = onnx_left.encode(TEXTS, batch_size=len(TEXTS))
     onnx_left.tokenizer.enable_padding(direction="right", pad_id=151643, pad_token="<|endoftext|>")
     batched_right = onnx_left.encode(TEXTS, batch_size=len(TEXTS))
-    for other in (batched, batched_right, torch_left.encode(TEXTS, batch_size=len(TEXTS)),
-                  torch_right.encode(TEXTS, batch_size=len(TEXTS))):
+    for other in (
+        batched,
+        batched_right,
+        torch_left.encode(TEXTS, batch_size=len(TEXTS)),
+        torch_right.encode(TEXTS, batch_size=len(TEXTS)),
+    ):
         assert cosine_min(singles, other) >= 0.99999
         assert np.abs(singles - other).max() < 1e-4
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
@@ -101,8 +118,7 @@ def test_optimum_feature_extraction(qwen3_artifact):
     from optimum.onnxruntime import ORTModelForFeatureExtraction
     from transformers import AutoTokenizer
 
-    model = ORTModelForFeatureExtraction.from_pretrained(str(qwen3_artifact), subfolder="onnx",
-                                                         file_name="model.onnx")
+    model = ORTModelForFeatureExtraction.from_pretrained(str(qwen3_artifact), subfolder="onnx", file_name="model.onnx")
     tokenizer = AutoTokenizer.from_pretrained(str(qwen3_artifact))
     batch = tokenizer(TEXTS[:3], padding=True, return_tensors="pt")
     hidden = model(**batch).last_hidden_state.numpy()
@@ -128,8 +144,9 @@ def test_plain_checkpoint_generates_st_files_and_external_data(qwen3_plain_artif
     assert "onnx/model.onnx_data" in art.manifest["files"]
     vectors = Embedder(art).encode(TEXTS)
     assert not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
-    reference = TorchEmbedder(art.manifest["source"]["path"], pooling="lasttoken", normalize=False,
-                              padding_side="right", max_length=512).encode(TEXTS)
+    reference = TorchEmbedder(
+        art.manifest["source"]["path"], pooling="lasttoken", normalize=False, padding_side="right", max_length=512
+    ).encode(TEXTS)
     assert cosine_min(vectors, reference) >= 0.99999
 
 

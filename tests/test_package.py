@@ -15,13 +15,17 @@ def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_subpackages_map_and_no_generic_top_level_modules(tmp_path):
     proc = run_python(
         "import importlib.util as u, qconv.convert.export, qconv.validate.datasets;"
-        "print(u.find_spec('convert') is None, u.find_spec('validate') is None)", tmp_path)
+        "print(u.find_spec('convert') is None, u.find_spec('validate') is None)",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True"]
 
 
 def test_import_qconv_and_runtime_do_not_import_torch(tmp_path):
-    proc = run_python("import sys, qconv, qconv.runtime, qconv.cli; print('torch' in sys.modules)", tmp_path)
+    proc = run_python(
+        "import sys, qconv, qconv.runtime, qconv.reranking, qconv.cli; print('torch' in sys.modules)", tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
 
@@ -36,8 +40,12 @@ def test_console_script_help():
 
 def test_wheel_contents(tmp_path):
     """A non-editable build (what `pip install .` installs) ships qconv/convert, qconv/validate and data."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
-                           str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("qconv-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

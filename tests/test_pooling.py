@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-
 from qconv.convert.pooling import pool, read_st_pooling, resolve_pooling
 from qconv.convert.specs import embedding_spec
 from qconv.convert.st_files import check_supported_modules
+
 from qconv.errors import QconvError
 
 
@@ -17,7 +17,7 @@ def hidden_for(lengths, pad_side, seq=5, dim=3):
         start = seq - n if pad_side == "left" else 0
         for k in range(n):
             hidden[row, start + k] = torch.tensor([row, k, 1.0])
-        mask[row, start:start + n] = 1
+        mask[row, start : start + n] = 1
     return torch.nan_to_num(hidden, nan=99.0), mask
 
 
@@ -50,17 +50,22 @@ def test_st_pooling_config(minilm_dir, tiny_qwen3, tiny_qwen3_plain):
 
 
 def test_unsupported_st_modules_are_refused(tmp_path):
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
-    ]))
+    (tmp_path / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+            ]
+        )
+    )
     with pytest.raises(QconvError, match="'Dense' is not supported"):
         check_supported_modules(tmp_path)
 
 
 def test_max_pooling_config_is_refused(tmp_path):
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+    )
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
     with pytest.raises(QconvError, match="not supported"):

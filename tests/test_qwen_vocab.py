@@ -22,12 +22,15 @@ def test_vocabulary_size_and_added_tokens(tok):
     assert tok.token_to_id("</think>") == 151668
 
 
-@pytest.mark.parametrize("text, ids", [
-    ("Hello world", [9707, 1879]),
-    ("yes", [9693]),
-    ("no", [2152]),
-    ("<|im_start|>system\n", [151644, 8948, 198]),
-])
+@pytest.mark.parametrize(
+    "text, ids",
+    [
+        ("Hello world", [9707, 1879]),
+        ("yes", [9693]),
+        ("no", [2152]),
+        ("<|im_start|>system\n", [151644, 8948, 198]),
+    ],
+)
 def test_known_ids(tok, text, ids):
     assert tok.encode(text, add_special_tokens=False).ids == ids
 
@@ -44,11 +47,13 @@ def test_round_trip(tok, text):
 
 def test_matches_tiktoken_on_real_text(tok):
     """Byte-level BPE merges recovered from the ranks must reproduce tiktoken exactly."""
-    import tiktoken
     from importlib import resources
 
-    encoding = tiktoken.Encoding("qwen", pat_str=QWEN2_SPLIT_PATTERN, mergeable_ranks=_load_ranks(_ranks_file()),
-                                 special_tokens={})
+    import tiktoken
+
+    encoding = tiktoken.Encoding(
+        "qwen", pat_str=QWEN2_SPLIT_PATTERN, mergeable_ranks=_load_ranks(_ranks_file()), special_tokens={}
+    )
     texts = []
     for name in ("sts12_test_sample.jsonl", "bq_test_sample.jsonl"):
         lines = resources.files("qconv.validate").joinpath("data", name).read_text(encoding="utf-8").splitlines()

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from qconv.artifact import Artifact
 from qconv.convert.torch_embedding import TorchEmbedder
-from qconv.runtime import Embedder
 from qconv.validate.datasets import dataset_spec, load_pairs
 from qconv.validate.embedding import validate_embedding
+
+from qconv.artifact import Artifact
+from qconv.runtime import Embedder
 
 
 def cosines(a, b):
@@ -48,8 +48,9 @@ def test_reference_runner_agrees_with_sentence_transformers(minilm_dir):
 
     data = load_pairs(dataset_spec("sts12"), limit=150)
     texts = list(dict.fromkeys(data.sentence1 + data.sentence2)) + ["", "a"]
-    ours = TorchEmbedder(minilm_dir, pooling="mean", normalize=True, padding_side="right",
-                         max_length=256).encode(texts, batch_size=16)
+    ours = TorchEmbedder(minilm_dir, pooling="mean", normalize=True, padding_side="right", max_length=256).encode(
+        texts, batch_size=16
+    )
     theirs = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, batch_size=16)
     assert cosines(ours, theirs).min() >= 0.99999
     assert np.abs(ours - theirs).max() < 1e-5

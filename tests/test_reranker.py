@@ -6,17 +6,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from qconv.validate.reference_reranker import TorchReranker
+from qconv.validate.rerank import validate_reranker
 from tokenizers import Tokenizer
 
 from qconv.artifact import Artifact
 from qconv.rerank_template import QWEN3_RERANKER_TEMPLATE, PairEncoder, pad_batch
 from qconv.reranking import Reranker
-from qconv.validate.reference_reranker import TorchReranker
-from qconv.validate.rerank import validate_reranker
 
 QUERY = "what is the capital of china?"
-DOCS = ["The capital of China is Beijing.", "Bananas are yellow.", "", "Beijing is the capital city of China. " * 30,
-        "北京是中国的首都。"]
+DOCS = [
+    "The capital of China is Beijing.",
+    "Bananas are yellow.",
+    "",
+    "Beijing is the capital city of China. " * 30,
+    "北京是中国的首都。",
+]
 
 
 def test_manifest_and_graph(seqcls_artifact, tiny_qwen3_reranker):
@@ -93,15 +98,17 @@ def test_truncation_keeps_prefix_and_suffix(seqcls_artifact):
     ids = encoder.encode(QUERY, long_doc)
     assert len(ids) == 120
     assert ids[: len(encoder.prefix_ids)] == encoder.prefix_ids
-    assert ids[-len(encoder.suffix_ids):] == encoder.suffix_ids
-    body = tok.decode(ids[len(encoder.prefix_ids): -len(encoder.suffix_ids)])
+    assert ids[-len(encoder.suffix_ids) :] == encoder.suffix_ids
+    body = tok.decode(ids[len(encoder.prefix_ids) : -len(encoder.suffix_ids)])
     assert f"<Query>: {QUERY}\n<Document>: The capital" in body  # the document was shortened, not the query
-    naive = tok.encode(QWEN3_RERANKER_TEMPLATE.prefix + encoder.body(QUERY, long_doc, None)
-                       + QWEN3_RERANKER_TEMPLATE.suffix, add_special_tokens=False).ids[:120]
-    assert naive[-len(encoder.suffix_ids):] != encoder.suffix_ids  # what naive truncation gets wrong
+    naive = tok.encode(
+        QWEN3_RERANKER_TEMPLATE.prefix + encoder.body(QUERY, long_doc, None) + QWEN3_RERANKER_TEMPLATE.suffix,
+        add_special_tokens=False,
+    ).ids[:120]
+    assert naive[-len(encoder.suffix_ids) :] != encoder.suffix_ids  # what naive truncation gets wrong
     long_query = "capital " * 300
     ids = encoder.encode(long_query, long_doc)
-    assert len(ids) == 120 and ids[-len(encoder.suffix_ids):] == encoder.suffix_ids
+    assert len(ids) == 120 and ids[-len(encoder.suffix_ids) :] == encoder.suffix_ids
 
 
 def test_truncated_pairs_still_match_the_reference(seqcls_artifact, tiny_qwen3_reranker):
@@ -117,14 +124,20 @@ def test_loads_in_optimum_and_cross_encoder(seqcls_artifact):
     from sentence_transformers import CrossEncoder
 
     reranker = Reranker(seqcls_artifact)
-    pairs = [(QWEN3_RERANKER_TEMPLATE.prefix + f"<Instruct>: x\n<Query>: {QUERY}\n",
-              f"<Document>: {d}" + QWEN3_RERANKER_TEMPLATE.suffix) for d in DOCS[:3]]
+    pairs = [
+        (
+            QWEN3_RERANKER_TEMPLATE.prefix + f"<Instruct>: x\n<Query>: {QUERY}\n",
+            f"<Document>: {d}" + QWEN3_RERANKER_TEMPLATE.suffix,
+        )
+        for d in DOCS[:3]
+    ]
     tok = reranker.encoder.tokenizer
     ours = reranker.score_ids([tok.encode(q, d, add_special_tokens=True).ids for q, d in pairs])
     cross = CrossEncoder(str(seqcls_artifact), backend="onnx", device="cpu").predict(pairs)
     assert np.abs(np.asarray(cross, dtype=np.float64) - ours).max() <= 1e-5
-    ort = ORTModelForSequenceClassification.from_pretrained(str(seqcls_artifact), subfolder="onnx",
-                                                             file_name="model.onnx")
+    ort = ORTModelForSequenceClassification.from_pretrained(
+        str(seqcls_artifact), subfolder="onnx", file_name="model.onnx"
+    )
     ids, mask = pad_batch([tok.encode(q, d).ids for q, d in pairs], 151643, "left")
     logits = ort(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     assert logits.shape == (3, 1)
@@ -133,8 +146,18 @@ def test_loads_in_optimum_and_cross_encoder(seqcls_artifact):
 
 def test_validate_msmarco_bundled_slice(seqcls_copy, run_cli):
     report = validate_reranker(seqcls_copy, "msmarco", limit=12, max_candidates=10)
-    for key in ("dataset", "n_queries", "source", "variant", "reference", "candidate", "delta", "parity",
-                "thresholds", "passed"):
+    for key in (
+        "dataset",
+        "n_queries",
+        "source",
+        "variant",
+        "reference",
+        "candidate",
+        "delta",
+        "parity",
+        "thresholds",
+        "passed",
+    ):
         assert key in report
     assert report["metric"] == "mrr@10" and report["source"] == "bundled-sample" and report["n_queries"] == 12
     assert report["thresholds"] == {"max_abs_score_diff": 1e-4, "min_top1_agreement": 1.0}
@@ -145,12 +168,23 @@ def test_validate_msmarco_bundled_slice(seqcls_copy, run_cli):
     saved = json.loads((seqcls_copy / "reports" / "validate-model-msmarco.json").read_text())
     assert saved["candidate"]["metric_value"] == report["candidate"]["metric_value"]
     assert Artifact(seqcls_copy).manifest["validation"]["model"]["msmarco"]["passed"]
-    code, out, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--limit", "12",
-                             "--max-candidates", "10", "--json")
+    code, out, err = run_cli(
+        "validate", seqcls_copy, "--dataset", "msmarco", "--limit", "12", "--max-candidates", "10", "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["reference"]["cached"] is True
-    code, out, err = run_cli("validate", seqcls_copy, "--dataset", "msmarco", "--limit", "12",
-                             "--max-candidates", "10", "--max-score-diff", "0")
+    code, out, err = run_cli(
+        "validate",
+        seqcls_copy,
+        "--dataset",
+        "msmarco",
+        "--limit",
+        "12",
+        "--max-candidates",
+        "10",
+        "--max-score-diff",
+        "0",
+    )
     assert code == 1
 
 
@@ -163,3 +197,17 @@ def test_rank_metrics_known_answers():
     ideal = 1 + 1 / np.log2(3)
     assert m["ndcg@10"] == pytest.approx((1 / np.log2(4) + 1 / np.log2(5)) / ideal)
     assert rank_metrics(np.array([0.2, 0.1]), np.array([False, False]))["mrr@10"] == 0.0
+
+
+def test_converted_checkpoint_exports_without_conversion(seqcls_artifact, tmp_path):
+    """An already converted Qwen3ForSequenceClassification (here: the artifact's own checkpoint)."""
+    from qconv.convert.reranker_export import export_reranker
+
+    result = export_reranker(str(seqcls_artifact), tmp_path / "again")
+    manifest = Artifact(result.path).manifest
+    assert manifest["source"]["format"] == "seq-cls" and manifest["conversion"] is None
+    a = Reranker(result.path).score(QUERY, DOCS)
+    b = Reranker(seqcls_artifact).score(QUERY, DOCS)
+    assert np.abs(a - b).max() <= 1e-5
+    report = validate_reranker(result.path, "msmarco", limit=3, max_candidates=5)
+    assert report["reference"]["format"] == "seq-cls" and report["passed"]

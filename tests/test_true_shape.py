@@ -2,14 +2,21 @@
 
 import numpy as np
 import pytest
+from qconv.convert.export import export_embedding
 
 from qconv.artifact import Artifact
-from qconv.convert.export import export_embedding
 from qconv.runtime import Embedder
 from qconv.testmodels import Qwen3Shape, create_qwen3_embedding
 
-QWEN3_0_6B = Qwen3Shape(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                        num_key_value_heads=8, head_dim=128, max_position_embeddings=40960)
+QWEN3_0_6B = Qwen3Shape(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+)
 
 
 @pytest.mark.slow

@@ -3,14 +3,27 @@
 import json
 
 import pytest
-
-from qconv.artifact import Artifact, find_artifact
-from qconv.errors import GateFailed, QconvError
 from qconv.validate.datasets import dataset_spec, load_pairs
 from qconv.validate.embedding import validate_embedding
 
-REQUIRED_KEYS = ["dataset", "split", "source", "n_pairs", "variant", "providers", "metric", "reference",
-                 "candidate", "delta", "parity", "thresholds", "passed"]
+from qconv.artifact import Artifact, find_artifact
+from qconv.errors import GateFailed, QconvError
+
+REQUIRED_KEYS = [
+    "dataset",
+    "split",
+    "source",
+    "n_pairs",
+    "variant",
+    "providers",
+    "metric",
+    "reference",
+    "candidate",
+    "delta",
+    "parity",
+    "thresholds",
+    "passed",
+]
 
 
 def test_validate_bundled_sts12_writes_reports(artifact_copy):
@@ -53,8 +66,10 @@ def test_reference_embeddings_are_cached(artifact_copy):
 def test_data_files_in_every_format(artifact_copy, tmp_path, suffix):
     import datasets
 
-    rows = [{"sentence1": f"text number {i}", "sentence2": f"another text {i % 7}", "score": float(i % 5)}
-            for i in range(30)]
+    rows = [
+        {"sentence1": f"text number {i}", "sentence2": f"another text {i % 7}", "score": float(i % 5)}
+        for i in range(30)
+    ]
     path = tmp_path / f"pairs{suffix}"
     ds = datasets.Dataset.from_list(rows)
     {".jsonl": ds.to_json, ".parquet": ds.to_parquet, ".csv": ds.to_csv}[suffix](str(path))
@@ -110,3 +125,24 @@ def test_load_pairs_limit_and_fingerprint():
     b = load_pairs(spec, limit=11)
     assert len(a) == 10 and a.source == "bundled-sample" and a.fingerprint != b.fingerprint
     assert a.sentence1[0] == "如何提高借款额度"
+
+
+def test_explicit_reference_model(artifact_copy, tiny_qwen3):
+    report = validate_embedding(artifact_copy, "sts12", limit=30, reference=str(tiny_qwen3))
+    assert report["reference"]["model"] == str(tiny_qwen3) and report["passed"]
+
+
+def test_changed_reference_is_refused(qwen3_artifact, tiny_qwen3, tmp_path):
+    """A local source edited after export must not silently serve as the reference."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_qwen3, source)
+    from qconv.convert.export import export_embedding
+
+    art = export_embedding(str(source), tmp_path / "art").path
+    config = json.loads((source / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-5
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(QconvError, match="changed since export"):
+        validate_embedding(art, "sts12", limit=10)

@@ -46,30 +46,58 @@ def register(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-register(DatasetSpec(
-    name="sts12", hub_path="mteb/sts12-sts", revision="a0d554a64d88156834ff5ae9920b964011b16384", split="test",
-    kind="pairs", columns=("sentence1", "sentence2", "score"), main_metric="cosine_spearman",
-    bundled_sample="sts12_test_sample.jsonl", description="SemEval-2012 STS (English)", language="en",
-    instruction="Retrieve semantically similar text.", score_range=(0.0, 5.0),
-    reference="https://www.aclweb.org/anthology/S12-1051.pdf",
-))
-register(DatasetSpec(
-    name="bq", hub_path="C-MTEB/BQ", revision="e3dda5e115e487b39ec7e618c0c6a29137052a55", split="test",
-    kind="pairs", columns=("sentence1", "sentence2", "score"), main_metric="cosine_spearman",
-    bundled_sample="bq_test_sample.jsonl", description="BQ bank question similarity (Chinese, C-MTEB)",
-    language="zh", instruction="Retrieve semantically similar text.", score_range=(0.0, 1.0),
-    reference="https://aclanthology.org/2021.emnlp-main.357",
-))
+register(
+    DatasetSpec(
+        name="sts12",
+        hub_path="mteb/sts12-sts",
+        revision="a0d554a64d88156834ff5ae9920b964011b16384",
+        split="test",
+        kind="pairs",
+        columns=("sentence1", "sentence2", "score"),
+        main_metric="cosine_spearman",
+        bundled_sample="sts12_test_sample.jsonl",
+        description="SemEval-2012 STS (English)",
+        language="en",
+        instruction="Retrieve semantically similar text.",
+        score_range=(0.0, 5.0),
+        reference="https://www.aclweb.org/anthology/S12-1051.pdf",
+    )
+)
+register(
+    DatasetSpec(
+        name="bq",
+        hub_path="C-MTEB/BQ",
+        revision="e3dda5e115e487b39ec7e618c0c6a29137052a55",
+        split="test",
+        kind="pairs",
+        columns=("sentence1", "sentence2", "score"),
+        main_metric="cosine_spearman",
+        bundled_sample="bq_test_sample.jsonl",
+        description="BQ bank question similarity (Chinese, C-MTEB)",
+        language="zh",
+        instruction="Retrieve semantically similar text.",
+        score_range=(0.0, 1.0),
+        reference="https://aclanthology.org/2021.emnlp-main.357",
+    )
+)
 
 
-register(DatasetSpec(
-    # No verified commit of this dataset was available when this was written: the report says "unpinned".
-    name="msmarco", hub_path="zyznull/msmarco-passage-ranking", revision=None, split="dev", kind="rerank",
-    columns=("query", "positive_passages", "negative_passages"), main_metric="mrr@10",
-    bundled_sample="msmarco_trecdl1920_rerank.jsonl",
-    description="MS MARCO passage reranking (Tevatron layout); bundled: TREC-DL 2019/2020 judged BM25 candidates",
-    language="en", reference="https://microsoft.github.io/msmarco/",
-))
+register(
+    DatasetSpec(
+        # No verified commit of this dataset was available when this was written: the report says "unpinned".
+        name="msmarco",
+        hub_path="zyznull/msmarco-passage-ranking",
+        revision=None,
+        split="dev",
+        kind="rerank",
+        columns=("query", "positive_passages", "negative_passages"),
+        main_metric="mrr@10",
+        bundled_sample="msmarco_trecdl1920_rerank.jsonl",
+        description="MS MARCO passage reranking (Tevatron layout); bundled: TREC-DL 2019/2020 judged BM25 candidates",
+        language="en",
+        reference="https://microsoft.github.io/msmarco/",
+    )
+)
 
 
 def dataset_spec(name: str, kind: str | None = None) -> DatasetSpec:
@@ -135,19 +163,32 @@ def load_rows(spec: DatasetSpec, data_files: str | Path | None, split: str | Non
             return rows, "hub", f"{spec.hub_path}@{spec.revision}", split
         except Exception as exc:  # unreachable Hub: fall back to the bundled sample, loudly
             reason = first_sentence(exc)
-            console.print(f"[yellow]could not load {spec.hub_path} from the Hub ({reason}); "
-                          f"using the bundled sample[/]")
+            console.print(
+                f"[yellow]could not load {spec.hub_path} from the Hub ({reason}); using the bundled sample[/]"
+            )
     path = bundled_sample_path(spec)
-    console.print(f"[yellow]dataset {spec.name}: using the bundled sample {path.name} "
-                  f"(source: bundled-sample), not the full {spec.hub_path} split[/]")
+    console.print(
+        f"[yellow]dataset {spec.name}: using the bundled sample {path.name} "
+        f"(source: bundled-sample), not the full {spec.hub_path} split[/]"
+    )
     return _load_file(path), "bundled-sample", f"qconv/validate/data/{path.name}", split
 
 
 def require_columns(rows, columns: tuple[str, ...], where: str) -> None:
     missing = [c for c in columns if c not in rows.column_names]
     if missing:
-        raise QconvError(f"{where} lacks column(s) {', '.join(missing)} "
-                         f"(has: {', '.join(rows.column_names) or 'none'}; expected {', '.join(columns)})")
+        raise QconvError(
+            f"{where} lacks column(s) {', '.join(missing)} "
+            f"(has: {', '.join(rows.column_names) or 'none'}; expected {', '.join(columns)})"
+        )
+
+
+def first_rows(rows, limit: int | None):
+    if limit is None:
+        return rows
+    if limit < 1:
+        raise QconvError(f"--limit must be positive, got {limit}")
+    return rows.select(range(min(limit, len(rows))))
 
 
 def fingerprint_rows(rows: list) -> str:
@@ -157,14 +198,17 @@ def fingerprint_rows(rows: list) -> str:
     return digest.hexdigest()
 
 
-def load_pairs(spec: DatasetSpec, *, data_files: str | Path | None = None, split: str | None = None,
-               limit: int | None = None, offline: bool = False) -> PairData:
+def load_pairs(
+    spec: DatasetSpec,
+    *,
+    data_files: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    offline: bool = False,
+) -> PairData:
     rows, source, location, split = load_rows(spec, data_files, split, offline)
     require_columns(rows, spec.columns, f"dataset {location}")
-    if limit is not None:
-        if limit < 1:
-            raise QconvError(f"--limit must be positive, got {limit}")
-        rows = rows.select(range(min(limit, len(rows))))
+    rows = first_rows(rows, limit)
     s1, s2, scores = list(rows["sentence1"]), list(rows["sentence2"]), list(rows["score"])
     try:
         scores = [float(s) for s in scores]
@@ -205,17 +249,21 @@ def _passage_text(passage, where: str) -> str:
     return f"{title} {passage['text']}".strip() if title else passage["text"]
 
 
-def load_rerank(spec: DatasetSpec, *, data_files: str | Path | None = None, split: str | None = None,
-                limit: int | None = None, max_candidates: int = 30, offline: bool = False) -> RerankData:
+def load_rerank(
+    spec: DatasetSpec,
+    *,
+    data_files: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    max_candidates: int = 30,
+    offline: bool = False,
+) -> RerankData:
     """Queries with candidates = positives + negatives, in the order given, capped at ``max_candidates``."""
     if max_candidates < 1:
         raise QconvError(f"--max-candidates must be positive, got {max_candidates}")
     rows, source, location, split = load_rows(spec, data_files, split, offline)
     require_columns(rows, spec.columns, f"dataset {location}")
-    if limit is not None:
-        if limit < 1:
-            raise QconvError(f"--limit must be positive, got {limit}")
-        rows = rows.select(range(min(limit, len(rows))))
+    rows = first_rows(rows, limit)
     queries = []
     for n, row in enumerate(rows):
         query_id = str(row.get("query_id", n))

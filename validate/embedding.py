@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from qconv.convert.specs import spec_for_instruction_template
 
 from qconv.artifact import Artifact
-from qconv.convert.specs import spec_for_instruction_template
 from qconv.errors import QconvError
 from qconv.runtime import Embedder, resolve_providers, truncate_dim
 
@@ -16,7 +16,7 @@ from . import metrics
 from .datasets import load_pairs
 from .reference import reference_embeddings
 from .report import log_gap_histogram, scatter_figure
-from .runner import base_report, finalize, open_for_validation, progress_bar
+from .runner import base_report, finalize, open_for_validation, progress_bar, scored_results
 
 
 def prompt_for(artifact: Artifact, instruction: str | None, default_instruction: str | None) -> str | None:
@@ -27,17 +27,33 @@ def prompt_for(artifact: Artifact, instruction: str | None, default_instruction:
     return spec_for_instruction_template(artifact.manifest["embedding"].get("instruction_template")).prompt_for(chosen)
 
 
-def validate_embedding(artifact: Artifact | str | Path, dataset: str, *, variant: str = "model",
-                       data_files: str | Path | None = None, split: str | None = None, limit: int | None = None,
-                       reference: str | None = None, providers: str | list[str] | None = None,
-                       batch_size: int = 32, instruction: str | None = None, dim: int | None = None,
-                       min_cosine: float | None = None, min_cosine_mean: float | None = None,
-                       max_abs_delta: float | None = None, offline: bool = False, note: str | None = None,
-                       raise_on_fail: bool = True) -> dict:
+def validate_embedding(
+    artifact: Artifact | str | Path,
+    dataset: str,
+    *,
+    variant: str = "model",
+    data_files: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    reference: str | None = None,
+    providers: str | list[str] | None = None,
+    batch_size: int = 32,
+    instruction: str | None = None,
+    dim: int | None = None,
+    min_cosine: float | None = None,
+    min_cosine_mean: float | None = None,
+    max_abs_delta: float | None = None,
+    offline: bool = False,
+    note: str | None = None,
+    raise_on_fail: bool = True,
+) -> dict:
     started = time.perf_counter()
     art, spec, precision, thresholds = open_for_validation(
-        artifact, dataset, variant,
-        {"min_cosine": min_cosine, "min_cosine_mean": min_cosine_mean, "max_abs_delta": max_abs_delta})
+        artifact,
+        dataset,
+        variant,
+        {"min_cosine": min_cosine, "min_cosine_mean": min_cosine_mean, "max_abs_delta": max_abs_delta},
+    )
     settings = art.manifest["embedding"]
     if dim is not None and not 1 <= dim <= settings["dimension"]:
         raise QconvError(f"--dim {dim} is out of range: the embedding size is {settings['dimension']}")
@@ -55,13 +71,19 @@ def validate_embedding(artifact: Artifact | str | Path, dataset: str, *, variant
         task = progress.add_task(f"ONNX {variant}", total=len(texts))
         embedder = Embedder(art, variant=variant, providers=provider_list)
         t0 = time.perf_counter()
-        candidate = embedder.encode(texts, prompt=prompt or "", batch_size=batch_size,
-                                    progress=lambda n: progress.advance(task, n))
+        candidate = embedder.encode(
+            texts, prompt=prompt or "", batch_size=batch_size, progress=lambda n: progress.advance(task, n)
+        )
         candidate_seconds = time.perf_counter() - t0
         task = progress.add_task("PyTorch reference", total=len(texts))
         reference_vectors, reference_info = reference_embeddings(
-            art, texts, prompt=prompt, batch_size=batch_size, reference=reference,
-            progress=lambda n: progress.advance(task, n))
+            art,
+            texts,
+            prompt=prompt,
+            batch_size=batch_size,
+            reference=reference,
+            progress=lambda n: progress.advance(task, n),
+        )
     if dim is not None:
         candidate, reference_vectors = truncate_dim(candidate, dim), truncate_dim(reference_vectors, dim)
 
@@ -73,25 +95,41 @@ def validate_embedding(artifact: Artifact | str | Path, dataset: str, *, variant
     parity["pair_score_spearman"] = metrics.spearman(cand_scores, ref_scores)
     parity["pair_score_max_abs_diff"] = float(np.abs(cand_scores - ref_scores).max())
     report = base_report(spec, data, variant, precision, provider_list)
-    report.update({
-        "n_pairs": len(data),
-        "size": f"{len(data)} pairs, {len(texts)} unique texts",
-        "prompt": prompt or "",
-        "dim": dim,
-        "settings": {"prompt": prompt or "", **({"dim": dim} if dim else {})},
-        "metrics": ["cosine_spearman", "cosine_pearson"],
-        "reference": {**reference_info, "metric_value": ref_metrics["cosine_spearman"], **ref_metrics},
-        "candidate": {"metric_value": cand_metrics["cosine_spearman"], **cand_metrics,
-                      "texts_per_second": round(len(texts) / max(candidate_seconds, 1e-9), 2)},
-        "delta": cand_metrics["cosine_spearman"] - ref_metrics["cosine_spearman"],
-        "parity": parity,
-        "thresholds": thresholds,
-        "note": note,
-        "seconds": round(time.perf_counter() - started, 2),
-    })
+    report.update(
+        {
+            "n_pairs": len(data),
+            "size": f"{len(data)} pairs, {len(texts)} unique texts",
+            "prompt": prompt or "",
+            "dim": dim,
+            "settings": {"prompt": prompt or "", **({"dim": dim} if dim else {})},
+            "metrics": ["cosine_spearman", "cosine_pearson"],
+            **scored_results(
+                spec.main_metric,
+                ref_metrics,
+                cand_metrics,
+                reference_info,
+                {"texts_per_second": round(len(texts) / max(candidate_seconds, 1e-9), 2)},
+            ),
+            "parity": parity,
+            "thresholds": thresholds,
+            "note": note,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
     per_text_gap = 1.0 - metrics.cosine_pairs(candidate, reference_vectors)
-    figures = [scatter_figure(ref_scores, cand_scores, "pair cosine"),
-               log_gap_histogram(per_text_gap, "log10(1 - cosine(candidate, reference)) per text", "cosine",
-                                 "per-text cosine between candidate and reference")]
-    return finalize(art, report, figures, raise_on_fail=raise_on_fail,
-                    extra_failures=[] if parity["finite"] else ["candidate embeddings contain NaN or Inf"])
+    figures = [
+        scatter_figure(ref_scores, cand_scores, "pair cosine"),
+        log_gap_histogram(
+            per_text_gap,
+            "log10(1 - cosine(candidate, reference)) per text",
+            "cosine",
+            "per-text cosine between candidate and reference",
+        ),
+    ]
+    return finalize(
+        art,
+        report,
+        figures,
+        raise_on_fail=raise_on_fail,
+        extra_failures=[] if parity["finite"] else ["candidate embeddings contain NaN or Inf"],
+    )

@@ -77,7 +77,8 @@ def rerank_parity(reference: list[np.ndarray], candidate: list[np.ndarray], k: i
         "max_abs_diff": float(max(np.abs(c - r).max() for c, r in zip(candidate, reference))),
         "mean_query_spearman": float(np.mean(spearmans)) if spearmans else float("nan"),
         "top1_agreement": float(np.mean([ranking(c)[0] == ranking(r)[0] for c, r in zip(candidate, reference)])),
-        f"identical_top{k}_fraction": float(np.mean([np.array_equal(ranking(c)[:k], ranking(r)[:k])
-                                                    for c, r in zip(candidate, reference)])),
+        f"identical_top{k}_fraction": float(
+            np.mean([np.array_equal(ranking(c)[:k], ranking(r)[:k]) for c, r in zip(candidate, reference)])
+        ),
         "finite": bool(all(np.isfinite(c).all() for c in candidate)),
     }

@@ -8,7 +8,6 @@ so a validation covers conversion and export end to end.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,7 +17,7 @@ from qconv.artifact import Artifact
 from qconv.console import console
 from qconv.rerank_template import pad_batch
 
-from .reference import resolve_reference
+from .reference import cached_reference
 
 
 def ids_fingerprint(sequences: Sequence[Sequence[int]]) -> str:
@@ -36,22 +35,24 @@ class TorchReranker:
         self.format = source_format
         self.yes_id, self.no_id, self.pad_id = yes_id, no_id, pad_id
 
-    def score(self, sequences: Sequence[Sequence[int]], batch_size: int = 8,
-              progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def score(
+        self, sequences: Sequence[Sequence[int]], batch_size: int = 8, progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
         import torch
 
         scores = np.empty(len(sequences), dtype=np.float64)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 ids, mask = pad_batch([sequences[i] for i in idx], self.pad_id, "left")
                 ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
                 if self.format == "seq-cls":
                     out = torch.sigmoid(self.model(input_ids=ids_t, attention_mask=mask_t).logits[:, 0].double())
                 else:
-                    last = self.model(input_ids=ids_t, attention_mask=mask_t, use_cache=False,
-                                      logits_to_keep=1).logits[:, -1, :]
+                    last = self.model(input_ids=ids_t, attention_mask=mask_t, use_cache=False, logits_to_keep=1).logits[
+                        :, -1, :
+                    ]
                     out = torch.softmax(last[:, [self.no_id, self.yes_id]].double(), dim=-1)[:, 1]
                 scores[idx] = out.numpy()
                 if progress is not None:
@@ -59,37 +60,34 @@ class TorchReranker:
         return scores
 
 
-def reference_scores(artifact: Artifact, sequences: Sequence[Sequence[int]], *, batch_size: int,
-                     reference: str | None = None, progress: Callable[[int], None] | None = None
-                     ) -> tuple[np.ndarray, dict]:
+def reference_scores(
+    artifact: Artifact,
+    sequences: Sequence[Sequence[int]],
+    *,
+    batch_size: int,
+    reference: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict]:
     from qconv.convert.reranker_export import source_format
     from qconv.convert.source import load_config_dict
     from qconv.convert.specs import reranker_spec
 
     settings = artifact.manifest["reranker"]
-    source_or_loader, identity = resolve_reference(artifact, reference)
-    key = hashlib.sha256(json.dumps({"model": identity, "ids": ids_fingerprint(sequences),
-                                     "yes": settings["yes_token_id"], "no": settings["no_token_id"]},
-                                    sort_keys=True).encode()).hexdigest()[:32]
-    cache_file = artifact.cache_dir("reference") / f"rerank-{key}.npy"
-    info = {"model": reference or artifact.manifest["source"]["model"], "content_sha256": identity,
-            "cache_key": key, "cached": cache_file.is_file()}
-    if cache_file.is_file():
-        scores = np.load(cache_file)
-        if scores.shape[0] == len(sequences):
-            if progress is not None:
-                progress(len(sequences))
-            return scores, info
-    source = source_or_loader if not callable(source_or_loader) else source_or_loader()
-    config = load_config_dict(source.path)
-    fmt = source_format(config, reranker_spec(config.get("model_type", "")), source.id)
-    info["format"] = fmt
-    with console.status(f"loading the PyTorch reference {source.id} ({fmt})"):
-        runner = TorchReranker(source.path, fmt, settings["yes_token_id"], settings["no_token_id"],
-                               settings["pad_token_id"])
-    scores = runner.score(sequences, batch_size=batch_size, progress=progress)
-    tmp = cache_file.with_suffix(".tmp.npy")
-    np.save(tmp, scores)
-    tmp.replace(cache_file)
-    info["cached"] = False
-    return scores, info
+
+    def compute(source, info) -> np.ndarray:
+        config = load_config_dict(source.path)
+        fmt = source_format(config, reranker_spec(config.get("model_type", "")), source.id)
+        info["format"] = fmt
+        with console.status(f"loading the PyTorch reference {source.id} ({fmt})"):
+            runner = TorchReranker(
+                source.path, fmt, settings["yes_token_id"], settings["no_token_id"], settings["pad_token_id"]
+            )
+        return runner.score(sequences, batch_size=batch_size, progress=progress)
+
+    key_material = {
+        "task": "rerank",
+        "ids": ids_fingerprint(sequences),
+        "yes": settings["yes_token_id"],
+        "no": settings["no_token_id"],
+    }
+    return cached_reference(artifact, reference, key_material, len(sequences), compute, progress)

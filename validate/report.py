@@ -37,6 +37,7 @@ def scatter_figure(reference: np.ndarray, candidate: np.ndarray, what: str) -> F
 
 def log_gap_histogram(values: np.ndarray, xlabel: str, suffix: str, alt: str) -> Figure:
     """Histogram of log10 of a small non-negative gap: parity spans many decades."""
+
     def draw(ax):
         ax.hist(np.log10(np.clip(values, 1e-12, None)), bins=40)
         ax.set_xlabel(xlabel)

@@ -16,7 +16,7 @@ from . import metrics
 from .datasets import load_rerank
 from .reference_reranker import reference_scores
 from .report import log_gap_histogram, scatter_figure
-from .runner import base_report, finalize, open_for_validation, progress_bar
+from .runner import base_report, finalize, open_for_validation, progress_bar, scored_results
 
 RANK_METRICS = ["mrr@10", "ndcg@10", "recall@10"]
 
@@ -25,22 +25,43 @@ def _mean_metrics(per_query: list[dict[str, float]]) -> dict[str, float]:
     return {m: float(np.mean([q[m] for q in per_query])) for m in RANK_METRICS}
 
 
-def validate_reranker(artifact: Artifact | str | Path, dataset: str = "msmarco", *, variant: str = "model",
-                      data_files: str | Path | None = None, split: str | None = None, limit: int | None = None,
-                      max_candidates: int = 30, reference: str | None = None,
-                      providers: str | list[str] | None = None, batch_size: int = 8,
-                      instruction: str | None = None, max_abs_score_diff: float | None = None,
-                      min_top1_agreement: float | None = None, max_abs_delta: float | None = None,
-                      offline: bool = False, note: str | None = None, raise_on_fail: bool = True) -> dict:
+def validate_reranker(
+    artifact: Artifact | str | Path,
+    dataset: str = "msmarco",
+    *,
+    variant: str = "model",
+    data_files: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    max_candidates: int = 30,
+    reference: str | None = None,
+    providers: str | list[str] | None = None,
+    batch_size: int = 8,
+    instruction: str | None = None,
+    max_abs_score_diff: float | None = None,
+    min_top1_agreement: float | None = None,
+    max_abs_delta: float | None = None,
+    offline: bool = False,
+    note: str | None = None,
+    raise_on_fail: bool = True,
+) -> dict:
     started = time.perf_counter()
     art, spec, precision, thresholds = open_for_validation(
-        artifact, dataset, variant, {"max_abs_score_diff": max_abs_score_diff,
-                                     "min_top1_agreement": min_top1_agreement, "max_abs_delta": max_abs_delta})
+        artifact,
+        dataset,
+        variant,
+        {
+            "max_abs_score_diff": max_abs_score_diff,
+            "min_top1_agreement": min_top1_agreement,
+            "max_abs_delta": max_abs_delta,
+        },
+    )
     if batch_size < 1:
         raise QconvError(f"--batch-size must be positive, got {batch_size}")
     provider_list = resolve_providers(providers)
-    data = load_rerank(spec, data_files=data_files, split=split, limit=limit, max_candidates=max_candidates,
-                       offline=offline)
+    data = load_rerank(
+        spec, data_files=data_files, split=split, limit=limit, max_candidates=max_candidates, offline=offline
+    )
     reranker = Reranker(art, variant=variant, providers=provider_list)
     chosen_instruction = instruction or art.manifest["reranker"]["instruction"]
     sequences, bounds = [], []
@@ -55,8 +76,9 @@ def validate_reranker(artifact: Artifact | str | Path, dataset: str = "msmarco",
         candidate = reranker.score_ids(sequences, batch_size=batch_size, progress=lambda n: progress.advance(task, n))
         candidate_seconds = time.perf_counter() - t0
         task = progress.add_task("PyTorch reference", total=len(sequences))
-        ref, reference_info = reference_scores(art, sequences, batch_size=batch_size, reference=reference,
-                                               progress=lambda n: progress.advance(task, n))
+        ref, reference_info = reference_scores(
+            art, sequences, batch_size=batch_size, reference=reference, progress=lambda n: progress.advance(task, n)
+        )
 
     ref_by_query = [ref[a:b] for a, b in bounds]
     cand_by_query = [candidate[a:b] for a, b in bounds]
@@ -67,27 +89,46 @@ def validate_reranker(artifact: Artifact | str | Path, dataset: str = "msmarco",
     cand_metrics = _mean_metrics([metrics.rank_metrics(cand_by_query[i], data.queries[i].relevant) for i in judged])
     parity = metrics.rerank_parity(ref_by_query, cand_by_query)
     report = base_report(spec, data, variant, precision, provider_list)
-    report.update({
-        "n_queries": len(data),
-        "n_queries_with_positives": len(judged),
-        "n_pairs": len(sequences),
-        "max_candidates": max_candidates,
-        "size": f"{len(data)} queries, {len(sequences)} pairs",
-        "instruction": chosen_instruction,
-        "settings": {"instruction": chosen_instruction, "max_candidates": max_candidates,
-                     "format": art.manifest["reranker"]["format"]},
-        "metrics": RANK_METRICS,
-        "reference": {**reference_info, "metric_value": ref_metrics["mrr@10"], **ref_metrics},
-        "candidate": {"metric_value": cand_metrics["mrr@10"], **cand_metrics,
-                      "pairs_per_second": round(len(sequences) / max(candidate_seconds, 1e-9), 2)},
-        "delta": cand_metrics["mrr@10"] - ref_metrics["mrr@10"],
-        "parity": parity,
-        "thresholds": thresholds,
-        "note": note,
-        "seconds": round(time.perf_counter() - started, 2),
-    })
-    figures = [scatter_figure(ref, candidate, "P(yes)"),
-               log_gap_histogram(np.abs(candidate - ref), "log10 |P(yes) candidate - reference| per pair", "diff",
-                                 "per-pair score difference")]
-    return finalize(art, report, figures, raise_on_fail=raise_on_fail,
-                    extra_failures=[] if parity["finite"] else ["candidate scores contain NaN or Inf"])
+    report.update(
+        {
+            "n_queries": len(data),
+            "n_queries_with_positives": len(judged),
+            "n_pairs": len(sequences),
+            "max_candidates": max_candidates,
+            "size": f"{len(data)} queries, {len(sequences)} pairs",
+            "instruction": chosen_instruction,
+            "settings": {
+                "instruction": chosen_instruction,
+                "max_candidates": max_candidates,
+                "format": art.manifest["reranker"]["format"],
+            },
+            "metrics": RANK_METRICS,
+            **scored_results(
+                spec.main_metric,
+                ref_metrics,
+                cand_metrics,
+                reference_info,
+                {"pairs_per_second": round(len(sequences) / max(candidate_seconds, 1e-9), 2)},
+            ),
+            "parity": parity,
+            "thresholds": thresholds,
+            "note": note,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
+    figures = [
+        scatter_figure(ref, candidate, "P(yes)"),
+        log_gap_histogram(
+            np.abs(candidate - ref),
+            "log10 |P(yes) candidate - reference| per pair",
+            "diff",
+            "per-pair score difference",
+        ),
+    ]
+    return finalize(
+        art,
+        report,
+        figures,
+        raise_on_fail=raise_on_fail,
+        extra_failures=[] if parity["finite"] else ["candidate scores contain NaN or Inf"],
+    )

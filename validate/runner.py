@@ -23,12 +23,19 @@ def _a(word: str) -> str:
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
-def open_for_validation(artifact: Artifact | str | Path, dataset: str, variant: str,
-                        overrides: dict[str, float | None]) -> tuple[Artifact, DatasetSpec, str, dict]:
+def open_for_validation(
+    artifact: Artifact | str | Path, dataset: str, variant: str, overrides: dict[str, float | None]
+) -> tuple[Artifact, DatasetSpec, str, dict]:
     """Check that artifact, dataset and variant fit together; returns (artifact, spec, precision, thresholds)."""
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
     spec = dataset_spec(dataset)
@@ -42,31 +49,56 @@ def open_for_validation(artifact: Artifact | str | Path, dataset: str, variant: 
 
 def base_report(spec: DatasetSpec, data, variant: str, precision: str, providers: list[str]) -> dict:
     return {
-        "dataset": spec.name, "dataset_description": spec.description, "hub_path": spec.hub_path,
-        "revision": spec.revision or "unpinned", "split": data.split, "source": data.source,
-        "location": data.location, "fingerprint": data.fingerprint, "variant": variant, "precision": precision,
-        "providers": providers, "metric": spec.main_metric, "created": now_iso(),
+        "dataset": spec.name,
+        "dataset_description": spec.description,
+        "hub_path": spec.hub_path,
+        "revision": spec.revision or "unpinned",
+        "split": data.split,
+        "source": data.source,
+        "location": data.location,
+        "fingerprint": data.fingerprint,
+        "variant": variant,
+        "precision": precision,
+        "providers": providers,
+        "metric": spec.main_metric,
+        "created": now_iso(),
     }
 
 
-def finalize(art: Artifact, report: dict, figures: list[Figure], *, extra_failures: list[str],
-             raise_on_fail: bool) -> dict:
+def scored_results(metric: str, ref_metrics: dict, cand_metrics: dict, reference_info: dict, throughput: dict) -> dict:
+    """The reference/candidate/delta part of a report, main metric first."""
+    return {
+        "reference": {**reference_info, "metric_value": ref_metrics[metric], **ref_metrics},
+        "candidate": {"metric_value": cand_metrics[metric], **cand_metrics, **throughput},
+        "delta": cand_metrics[metric] - ref_metrics[metric],
+    }
+
+
+def finalize(
+    art: Artifact, report: dict, figures: list[Figure], *, extra_failures: list[str], raise_on_fail: bool
+) -> dict:
     """Apply the gates, write the report, record it in the manifest, print a summary, gate the exit."""
     report["failures"] = check(report["thresholds"], report) + extra_failures
     report["passed"] = not report["failures"]
     paths = write_report(art.reports_dir(), report, figures)
     metric = report["metric"]
     summary = {k: report[k] for k in ("dataset", "split", "source", "size", "metric", "delta", "passed")}
-    summary.update(reference=report["reference"][metric], candidate=report["candidate"][metric],
-                   report=f"reports/{paths['json'].name}")
+    summary.update(
+        reference=report["reference"][metric],
+        candidate=report["candidate"][metric],
+        report=f"reports/{paths['json'].name}",
+    )
     art.manifest.setdefault("validation", {}).setdefault(report["variant"], {})[report["dataset"]] = summary
-    art.add_stage({"stage": "validate", "variant": report["variant"], "dataset": report["dataset"],
-                   "passed": report["passed"]})
+    art.add_stage(
+        {"stage": "validate", "variant": report["variant"], "dataset": report["dataset"], "passed": report["passed"]}
+    )
     art.save()
     print_summary(report, paths["md"])
     if not report["passed"] and raise_on_fail:
-        raise GateFailed(f"validation failed for {report['variant']} on {report['dataset']}: "
-                         f"{'; '.join(report['failures'])} (report: {paths['json']})")
+        raise GateFailed(
+            f"validation failed for {report['variant']} on {report['dataset']}: "
+            f"{'; '.join(report['failures'])} (report: {paths['json']})"
+        )
     return report
 
 
