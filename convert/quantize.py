@@ -245,11 +245,21 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
     from .parity import PARITY_TEXTS
     from .seqcls import VERIFY_PAIRS
 
+    def timed(run) -> tuple[object, float]:
+        # Best of three: a rough CPU latency for the record, not a benchmark.
+        best, out = float("inf"), None
+        for _ in range(3):
+            start = time.perf_counter()
+            out = run()
+            best = min(best, time.perf_counter() - start)
+        return out, round(best * 1000, 2)
+
     if art.task == "embedding":
         from qconv.runtime import Embedder
 
-        new = Embedder(art, variant=variant).encode(list(PARITY_TEXTS))
-        old = Embedder(art, variant=source_variant).encode(list(PARITY_TEXTS))
+        new_model, old_model = Embedder(art, variant=variant), Embedder(art, variant=source_variant)
+        new, new_ms = timed(lambda: new_model.encode(list(PARITY_TEXTS), batch_size=len(PARITY_TEXTS)))
+        old, old_ms = timed(lambda: old_model.encode(list(PARITY_TEXTS), batch_size=len(PARITY_TEXTS)))
         cos = cosine_rows(new, old)
         result = {
             "against": source_variant,
@@ -258,16 +268,16 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
             "cosine_mean": float(cos.mean()),
             "max_abs_diff": float(np.abs(new - old).max()),
         }
-        finite = bool(np.isfinite(new).all())
     else:
         from qconv.reranking import Reranker
 
-        new_rr, old_rr = Reranker(art, variant=variant), Reranker(art, variant=source_variant)
-        seqs = [new_rr.encoder.encode(q, d) for q, d in VERIFY_PAIRS]
-        new, old = new_rr.score_ids(seqs), old_rr.score_ids(seqs)
+        new_model, old_model = Reranker(art, variant=variant), Reranker(art, variant=source_variant)
+        seqs = [new_model.encoder.encode(q, d) for q, d in VERIFY_PAIRS]
+        new, new_ms = timed(lambda: new_model.score_ids(seqs, batch_size=len(seqs)))
+        old, old_ms = timed(lambda: old_model.score_ids(seqs, batch_size=len(seqs)))
         result = {"against": source_variant, "pairs": len(seqs), "max_abs_score_diff": float(np.abs(new - old).max())}
-        finite = bool(np.isfinite(new).all())
-    result["finite"] = finite
+    result.update(finite=bool(np.isfinite(new).all()), latency_ms=new_ms, source_latency_ms=old_ms,
+                  latency_note="one batch of the built-in inputs on CPU, best of 3")
     return result
 
 

@@ -197,7 +197,7 @@ def test_nan_variant_is_refused(artifact_copy, monkeypatch):
     from qconv.convert import quantize as quantize_module
 
     def poison(self, model, src, options, excluded, work):
-        init = next(i for i in model.graph.initializer if i.name.endswith("norm.weight"))
+        init = next(i for i in model.graph.initializer if i.name.endswith("embed_tokens.weight"))
         init.CopyFrom(numpy_helper.from_array(np.full(tuple(init.dims), np.nan, np.float32), init.name))
         return model, {}
 
@@ -210,3 +210,14 @@ def test_nan_variant_is_refused(artifact_copy, monkeypatch):
 
 def test_preset_detection():
     assert detect_preset() in ("avx512_vnni", "avx2", "arm64")
+
+
+def test_cli_quantize_then_validate(artifact_copy, run_cli):
+    code, out, err = run_cli("quantize", artifact_copy, "--mode", "fp16", "--validate", "sts12", "--validate", "bq",
+                             "--limit", "30")
+    assert code == 0, err
+    for dataset in ("sts12", "bq"):
+        report = json.loads((artifact_copy / "reports" / f"validate-fp16-{dataset}.json").read_text())
+        assert report["variant"] == "fp16" and report["thresholds"] == {"min_cosine": 0.999} and report["passed"]
+    entry = Artifact(artifact_copy).variants["fp16"]
+    assert entry["check"]["latency_ms"] > 0 and entry["check"]["source_latency_ms"] > 0

@@ -25,8 +25,13 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
         "q4": {"max_abs_delta": 0.02},
         "q4f16": {"max_abs_delta": 0.02},
     },
+    # Rerankers: the embedding gates' counterparts on MRR@10 (delta) and top-1 agreement.
     "reranker": {
         "fp32": {"max_abs_score_diff": 1e-4, "min_top1_agreement": 1.0},
+        "fp16": {"max_abs_delta": 1e-3, "min_top1_agreement": 0.95},
+        "int8": {"max_abs_delta": 0.01, "min_top1_agreement": 0.9},
+        "q4": {"max_abs_delta": 0.02, "min_top1_agreement": 0.8},
+        "q4f16": {"max_abs_delta": 0.02, "min_top1_agreement": 0.8},
     },
 }
 
