@@ -24,12 +24,15 @@ def pool(hidden, attention_mask, mode: str):
     if mode == "mean":
         summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
         return summed / mask.sum(dim=1, keepdim=True).clamp(min=1e-9)
-    positions = torch.arange(attention_mask.shape[1], device=hidden.device).unsqueeze(0)
+    # ArgMax over float, not int64: CUDA registers ArgMax for float types only, and an int64 ArgMax would
+    # send the pooling to the CPU (a fallback and two copies per run). Positions < 2**24 are exact in fp32.
+    positions = torch.arange(attention_mask.shape[1], device=hidden.device, dtype=torch.float32).unsqueeze(0)
+    mask_f = attention_mask.to(torch.float32)
     if mode == "lasttoken":
-        index = (attention_mask.long() * positions).argmax(dim=-1)
+        index = (mask_f * positions).argmax(dim=-1)
     elif mode == "cls":
         # First attended token: position 0 under right padding, the first real token under left padding.
-        index = (attention_mask.long() * (attention_mask.shape[1] - positions)).argmax(dim=-1)
+        index = (mask_f * (attention_mask.shape[1] - positions)).argmax(dim=-1)
     else:
         raise ValueError(f"unknown pooling mode {mode!r}")
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]

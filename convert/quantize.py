@@ -276,8 +276,12 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
         new, new_ms = timed(lambda: new_model.score_ids(seqs, batch_size=len(seqs)))
         old, old_ms = timed(lambda: old_model.score_ids(seqs, batch_size=len(seqs)))
         result = {"against": source_variant, "pairs": len(seqs), "max_abs_score_diff": float(np.abs(new - old).max())}
-    result.update(finite=bool(np.isfinite(new).all()), latency_ms=new_ms, source_latency_ms=old_ms,
-                  latency_note="one batch of the built-in inputs on CPU, best of 3")
+    result.update(
+        finite=bool(np.isfinite(new).all()),
+        latency_ms=new_ms,
+        source_latency_ms=old_ms,
+        latency_note="one batch of the built-in inputs on CPU, best of 3",
+    )
     return result
 
 

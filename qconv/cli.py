@@ -165,6 +165,31 @@ def quantize(
         raise GateFailed(f"validation failed for {variant}: {' | '.join(failed)}")
 
 
+@cli.command()
+@click.argument("artifact", required=False)
+@click.option("--variant", multiple=True, help="Variant(s) to analyse [default: model].")
+@click.option("--all-variants", is_flag=True, help="Analyse every variant in the manifest.")
+@click.option("--providers", help="Comma-separated providers [default: CUDAExecutionProvider,CPUExecutionProvider].")
+@click.option("--runtime", is_flag=True, help="Also profile a session on each provider available here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report(s) on stdout.")
+def fallback(artifact, variant, all_variants, providers, runtime, as_json) -> None:
+    """Which nodes each execution provider runs and which fall back to the CPU (static; --runtime measures)."""
+    import json
+
+    from qconv.artifact import find_artifact
+    from qconv.console import console_on_stderr
+    from qconv.validate.placement import fallback_report
+
+    with console_on_stderr(as_json):
+        art = find_artifact(artifact)
+        if all_variants and variant:
+            raise QconvError("pass --variant or --all-variants, not both")
+        chosen = sorted(art.variants) if all_variants else list(variant) or None
+        results = fallback_report(art, variants=chosen, providers=providers, runtime=runtime)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
 def _validate(art, dataset: str, **options) -> dict:
     from qconv.validate.datasets import dataset_spec
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from qconv.convert.export import export_embedding
 from qconv.convert.parity import ParityThresholds
-
 from qconv.errors import QconvError
 
 

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-from qconv.convert.torch_embedding import TorchEmbedder
 
 from qconv.artifact import Artifact, hash_tree
+from qconv.convert.torch_embedding import TorchEmbedder
 from qconv.runtime import Embedder
 
 TEXTS = [

@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
+
 from qconv.convert.pooling import pool, read_st_pooling, resolve_pooling
 from qconv.convert.specs import embedding_spec
 from qconv.convert.st_files import check_supported_modules
-
 from qconv.errors import QconvError
 
 

@@ -33,7 +33,9 @@ def test_int8_weight_matmuls_and_embedding_table(artifact_copy):
     table = next(i for i in model.graph.initializer if i.name.endswith("_int8") and i.dims[0] == 151669)
     assert onnx.TensorProto.DataType.Name(table.data_type) == "INT8"
     tables = entry["details"]["embedding_tables"]
-    assert tables["quantized"] and tables["bytes_after"] < tables["bytes_before"] / 3.7  # int8 rows + one fp32 scale each
+    assert (
+        tables["quantized"] and tables["bytes_after"] < tables["bytes_before"] / 3.7
+    )  # int8 rows + one fp32 scale each
     assert entry["size_bytes"] < (artifact_copy / "onnx" / "model.onnx").stat().st_size / 3
     assert entry["check"]["finite"] and entry["check"]["cosine_mean"] >= 0.99  # the int8 mode's gate
     manifest = Artifact(artifact_copy).manifest
@@ -43,8 +45,11 @@ def test_int8_weight_matmuls_and_embedding_table(artifact_copy):
 
 
 def test_int8_without_embedding_table_and_per_tensor(artifact_copy):
-    _, entry = quantize(artifact_copy, "int8", options=QuantizeOptions(preset="avx512_vnni", per_channel=False,
-                                                                       quantize_embeddings=False))
+    _, entry = quantize(
+        artifact_copy,
+        "int8",
+        options=QuantizeOptions(preset="avx512_vnni", per_channel=False, quantize_embeddings=False),
+    )
     types, _ = initializer_types(artifact_copy / entry["file"])
     assert entry["options"]["per_channel"] is False and "embedding_tables" not in entry["details"]
     assert entry["size_bytes"] > 151669 * 64 * 4  # the fp32 table is still there
@@ -89,8 +94,9 @@ def test_every_mode_on_a_reranker(seqcls_copy):
     for mode, bound in (("int8", 0.05), ("q4", 0.1), ("q4f16", 0.1), ("fp16", 1e-3)):
         variant, entry = quantize(seqcls_copy, mode)
         assert entry["check"]["finite"] and entry["check"]["max_abs_score_diff"] <= bound, (mode, entry["check"])
-        scores = Reranker(seqcls_copy, variant=variant).score("what is the capital of china?", ["Beijing is.",
-                                                                                               "Bananas."])
+        scores = Reranker(seqcls_copy, variant=variant).score(
+            "what is the capital of china?", ["Beijing is.", "Bananas."]
+        )
         assert np.isfinite(scores).all() and np.abs(scores - base).max() <= bound
 
 
@@ -213,8 +219,9 @@ def test_preset_detection():
 
 
 def test_cli_quantize_then_validate(artifact_copy, run_cli):
-    code, out, err = run_cli("quantize", artifact_copy, "--mode", "fp16", "--validate", "sts12", "--validate", "bq",
-                             "--limit", "30")
+    code, out, err = run_cli(
+        "quantize", artifact_copy, "--mode", "fp16", "--validate", "sts12", "--validate", "bq", "--limit", "30"
+    )
     assert code == 0, err
     for dataset in ("sts12", "bq"):
         report = json.loads((artifact_copy / "reports" / f"validate-fp16-{dataset}.json").read_text())

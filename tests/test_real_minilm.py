@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qconv.convert.torch_embedding import TorchEmbedder
-from qconv.validate.datasets import dataset_spec, load_pairs
-from qconv.validate.embedding import validate_embedding
 
 from qconv.artifact import Artifact
+from qconv.convert.torch_embedding import TorchEmbedder
 from qconv.runtime import Embedder
+from qconv.validate.datasets import dataset_spec, load_pairs
+from qconv.validate.embedding import validate_embedding
 
 
 def cosines(a, b):

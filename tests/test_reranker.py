@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from qconv.validate.reference_reranker import TorchReranker
-from qconv.validate.rerank import validate_reranker
 from tokenizers import Tokenizer
 
 from qconv.artifact import Artifact
 from qconv.rerank_template import QWEN3_RERANKER_TEMPLATE, PairEncoder, pad_batch
 from qconv.reranking import Reranker
+from qconv.validate.reference_reranker import TorchReranker
+from qconv.validate.rerank import validate_reranker
 
 QUERY = "what is the capital of china?"
 DOCS = [

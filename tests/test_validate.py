@@ -3,11 +3,11 @@
 import json
 
 import pytest
-from qconv.validate.datasets import dataset_spec, load_pairs
-from qconv.validate.embedding import validate_embedding
 
 from qconv.artifact import Artifact, find_artifact
 from qconv.errors import GateFailed, QconvError
+from qconv.validate.datasets import dataset_spec, load_pairs
+from qconv.validate.embedding import validate_embedding
 
 REQUIRED_KEYS = [
     "dataset",

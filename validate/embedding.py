@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from qconv.convert.specs import spec_for_instruction_template
 
 from qconv.artifact import Artifact
+from qconv.convert.specs import spec_for_instruction_template
 from qconv.errors import QconvError
 from qconv.runtime import Embedder, resolve_providers, truncate_dim
 
