@@ -39,6 +39,7 @@ def test_validate_bundled_sts12_writes_reports(artifact_copy):
     assert abs(report["delta"]) <= 1e-4
     assert report["thresholds"] == {"min_cosine": 0.99999, "max_abs_delta": 1e-4}
     assert report["prompt"] == "Instruct: Retrieve semantically similar text.\nQuery:"
+    assert report["placement"]["CPUExecutionProvider"]["fallback_nodes"] == 0
     reports = artifact_copy / "reports"
     saved = json.loads((reports / "validate-model-sts12.json").read_text())
     assert saved["reference"]["metric_value"] == report["reference"]["metric_value"]

@@ -47,6 +47,19 @@ def open_for_validation(
     return art, spec, precision, thresholds_for(art.task, precision, overrides)
 
 
+def placement_summary(art: Artifact, variant: str, providers: list[str]) -> dict:
+    """Static placement of the validated variant on the providers it ran on (see ``qconv fallback``)."""
+    from .fallback import analyse, load_graph
+
+    model = load_graph(art.variant_path(variant))
+    summary = {}
+    for provider in providers:
+        report = analyse(model, provider)
+        summary[provider] = {k: report[k] for k in ("nodes_total", "fallback_nodes", "partition_boundaries",
+                                                    "verdict")}
+    return summary
+
+
 def base_report(spec: DatasetSpec, data, variant: str, precision: str, providers: list[str]) -> dict:
     return {
         "dataset": spec.name,
@@ -78,6 +91,7 @@ def finalize(
     art: Artifact, report: dict, figures: list[Figure], *, extra_failures: list[str], raise_on_fail: bool
 ) -> dict:
     """Apply the gates, write the report, record it in the manifest, print a summary, gate the exit."""
+    report["placement"] = placement_summary(art, report["variant"], report["providers"])
     report["failures"] = check(report["thresholds"], report) + extra_failures
     report["passed"] = not report["failures"]
     paths = write_report(art.reports_dir(), report, figures)
