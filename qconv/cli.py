@@ -190,6 +190,29 @@ def fallback(artifact, variant, all_variants, providers, runtime, as_json) -> No
         click.echo(json.dumps(results, indent=2))
 
 
+@cli.group()
+def testmodel() -> None:
+    """Random-weight checkpoints of the published Qwen3 shapes (for performance work without the Hub)."""
+
+
+@testmodel.command("create")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--shape", "shape_name", default="qwen3-0.6b", show_default=True, help="qwen3-0.6b | qwen3-4b | qwen3-8b."
+)
+@click.option("--kind", default="embedding", show_default=True, help="embedding | reranker.")
+@click.option("--layers", type=int, help="Fewer decoder layers, for quick runs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def testmodel_create(out, shape_name, kind, layers, seed) -> None:
+    """Write a random-weight Qwen3 checkpoint with the real Qwen vocabulary (no download)."""
+    from qconv.console import console
+    from qconv.testmodels import RANDOM_WEIGHTS_NOTE, create_test_model
+
+    with console.status(f"creating {shape_name} {kind} ({RANDOM_WEIGHTS_NOTE})"):
+        path = create_test_model(out, shape_name, kind, layers=layers, seed=seed)
+    console.print(f"[green]created[/] {path} — {shape_name} {kind}, [bold yellow]{RANDOM_WEIGHTS_NOTE}[/]")
+
+
 def _validate(art, dataset: str, **options) -> dict:
     from qconv.validate.datasets import dataset_spec
 

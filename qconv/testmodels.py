@@ -24,9 +24,41 @@ class Qwen3Shape:
     head_dim: int = 16
     max_position_embeddings: int = 32768
     vocab_size: int = QWEN3_VOCAB_SIZE
+    tie_word_embeddings: bool = True
 
 
 TINY = Qwen3Shape()
+# The published Qwen3 configs (Qwen3-Embedding / Qwen3-Reranker share their base model's shape).
+PUBLISHED_SHAPES: dict[str, Qwen3Shape] = {
+    "qwen3-0.6b": Qwen3Shape(
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+    ),
+    "qwen3-4b": Qwen3Shape(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+    ),
+    "qwen3-8b": Qwen3Shape(
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=40960,
+        tie_word_embeddings=False,
+    ),
+}
 
 
 # transformers' default init (std 0.02) makes a random 2-layer model map every text to nearly the same
@@ -40,7 +72,6 @@ def _qwen3_config(shape: Qwen3Shape, architecture: str):
 
     return Qwen3Config(
         **asdict(shape),
-        tie_word_embeddings=True,
         initializer_range=RANDOM_INIT_STD,
         rms_norm_eps=1e-6,
         rope_theta=1_000_000.0,
@@ -124,4 +155,47 @@ def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: in
     (out / "README.md").write_text(
         f"# Random Qwen3 reranker test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n", encoding="utf-8"
     )
+    return out
+
+
+def parameter_count(shape: Qwen3Shape, kind: str) -> int:
+    """Parameters of a shape, counted on the meta device (nothing is allocated)."""
+    import torch
+    from transformers import Qwen3ForCausalLM, Qwen3Model
+
+    cls = Qwen3Model if kind == "embedding" else Qwen3ForCausalLM
+    with torch.device("meta"):
+        model = cls(_qwen3_config(shape, cls.__name__))
+    return sum(p.numel() for p in model.parameters())
+
+
+def create_test_model(out: str | Path, shape_name: str, kind: str, layers: int | None = None, seed: int = 0) -> Path:
+    """``qconv testmodel create``: a published Qwen3 shape with random weights and the real vocabulary."""
+    from dataclasses import replace
+
+    from .errors import QconvError
+
+    if shape_name not in PUBLISHED_SHAPES:
+        raise QconvError(f"unknown shape '{shape_name}' (choose {', '.join(PUBLISHED_SHAPES)})")
+    if kind not in ("embedding", "reranker"):
+        raise QconvError(f"unknown kind '{kind}' (choose embedding, reranker)")
+    shape = PUBLISHED_SHAPES[shape_name]
+    if layers is not None:
+        if not 1 <= layers <= shape.num_hidden_layers:
+            raise QconvError(f"--layers must be between 1 and {shape.num_hidden_layers} for {shape_name}")
+        shape = replace(shape, num_hidden_layers=layers)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise QconvError(f"{out} already exists and is not empty")
+    create = create_qwen3_embedding if kind == "embedding" else create_qwen3_reranker
+    create(out, shape=shape, seed=seed)
+    note = {
+        "shape": shape_name,
+        "kind": kind,
+        "layers": shape.num_hidden_layers,
+        "seed": seed,
+        "weights": RANDOM_WEIGHTS_NOTE,
+        "parameters": parameter_count(shape, kind),
+    }
+    (out / "qconv_testmodel.json").write_text(json.dumps(note, indent=2), encoding="utf-8")
     return out

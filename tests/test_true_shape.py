@@ -7,17 +7,9 @@ from qconv.artifact import Artifact
 from qconv.convert.export import export_embedding
 from qconv.convert.quantize import QuantizeOptions, quantize
 from qconv.runtime import Embedder
-from qconv.testmodels import Qwen3Shape, create_qwen3_embedding
+from qconv.testmodels import PUBLISHED_SHAPES, create_qwen3_embedding
 
-QWEN3_0_6B = Qwen3Shape(
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=40960,
-)
+QWEN3_0_6B = PUBLISHED_SHAPES["qwen3-0.6b"]
 
 
 @pytest.fixture(scope="module")
