@@ -190,6 +190,43 @@ def fallback(artifact, variant, all_variants, providers, runtime, as_json) -> No
         click.echo(json.dumps(results, indent=2))
 
 
+@cli.command("bench")
+@click.argument("artifact", required=False)
+@click.option("--variants", default="all", show_default=True, help="all, or comma-separated variant names.")
+@click.option("--batch-sizes", default="1,8", show_default=True)
+@click.option("--seq-lens", default="32,128", show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads [default: all cores].")
+@click.option("--providers", help="Comma-separated onnxruntime providers [default: CPU].")
+@click.option("--baseline", default="torch", show_default=True, help="torch | none.")
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON results on stdout.")
+def bench_cmd(
+    artifact, variants, batch_sizes, seq_lens, threads, providers, baseline, repeats, warmup, as_json
+) -> None:
+    """Measure every variant (and PyTorch) in separate processes; writes reports/bench.{json,md,png}."""
+    import json
+
+    from qconv.artifact import find_artifact
+    from qconv.bench import bench
+    from qconv.console import console_on_stderr
+
+    with console_on_stderr(as_json):
+        result = bench(
+            find_artifact(artifact),
+            variants=variants,
+            batch_sizes=batch_sizes,
+            seq_lens=seq_lens,
+            threads=threads,
+            providers=providers,
+            baseline=baseline,
+            repeats=repeats,
+            warmup=warmup,
+        )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+
+
 @cli.group()
 def testmodel() -> None:
     """Random-weight checkpoints of the published Qwen3 shapes (for performance work without the Hub)."""

@@ -1,0 +1,106 @@
+"""One benchmark runtime in its own process, so its load time and peak memory are its own.
+
+``python -m qconv.bench_worker SPEC_JSON`` prints one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def _inputs(batch: int, seq: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(vocab, 150000), size=(batch, seq), dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones((batch, seq), dtype=np.int64)}
+
+
+def _time(run, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _onnx_runner(spec: dict):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = spec["threads"]
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(spec["model_path"], options, providers=spec["providers"])
+    names = {i.name for i in session.get_inputs()}
+    output = spec["output"]
+
+    def make(feeds):
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        return lambda: session.run([output], feeds)
+
+    return make
+
+
+def _torch_runner(spec: dict):
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    kind = spec["torch_kind"]
+    if kind == "embedding":
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(spec["source"], dtype=dtype, use_safetensors=True).eval()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(spec["source"], dtype=dtype, use_safetensors=True).eval()
+
+    def make(feeds):
+        ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
+
+        def run():
+            with torch.inference_mode():
+                if kind == "embedding":
+                    return model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+                if kind == "causal-lm-per-document":  # how most users score today: one document per call
+                    return [
+                        model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1], use_cache=False).logits
+                        for i in range(ids.shape[0])
+                    ]
+                return model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits
+
+        return run
+
+    return make
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[1])
+    started = time.perf_counter()
+    make = _torch_runner(spec) if spec["runtime"] == "torch" else _onnx_runner(spec)
+    load_seconds = time.perf_counter() - started
+    shapes = []
+    for batch, seq in spec["shapes"]:
+        run = make(_inputs(batch, seq, spec["vocab"], seed=batch * 1000 + seq))
+        times = _time(run, spec["warmup"], spec["repeats"])
+        shapes.append({"batch": batch, "seq": seq, "seconds": times})
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {"pid": os.getpid(), "load_seconds": load_seconds, "peak_rss_bytes": rss_kb * 1024, "shapes": shapes}
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
