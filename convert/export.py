@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qconv.artifact import BASE_VARIANT, staged_directory, variant_file, write_new_manifest
+from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, variant_file, write_new_manifest
 from qconv.console import console
 from qconv.errors import QconvError
 
@@ -137,14 +137,7 @@ def export_embedding(
                     "external_data": used_external,
                     "sentence_transformers_files": st_files,
                 },
-                "variants": {
-                    BASE_VARIANT: {
-                        "file": variant_file(BASE_VARIANT),
-                        "precision": "fp32",
-                        "stage": "export",
-                        "external_data": used_external,
-                    }
-                },
+                "variants": {BASE_VARIANT: base_variant_entry(used_external)},
                 "stages": [
                     {
                         "stage": "export",

@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from qconv.artifact import BASE_VARIANT, staged_directory, variant_file, write_new_manifest
+from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, variant_file, write_new_manifest
 from qconv.console import console
 from qconv.errors import QconvError
 from qconv.rerank_template import PairEncoder
@@ -185,14 +185,7 @@ def export_reranker(
                     "outputs": ["logits"],
                     "external_data": used_external,
                 },
-                "variants": {
-                    BASE_VARIANT: {
-                        "file": variant_file(BASE_VARIANT),
-                        "precision": "fp32",
-                        "stage": "export",
-                        "external_data": used_external,
-                    }
-                },
+                "variants": {BASE_VARIANT: base_variant_entry(used_external)},
                 "stages": [
                     {
                         "stage": "export",

@@ -191,6 +191,20 @@ class Artifact:
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
 
+def open_artifact(artifact: "Artifact | str | Path", task: str) -> "Artifact":
+    """An artifact that must be of ``task`` (embedding or reranker)."""
+    art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
+    if art.task != task:
+        article = "an" if task[0] in "aeiou" else "a"
+        raise QconvError(f"{art.name} is a {art.task} artifact, not {article} {task} artifact")
+    return art
+
+
+def base_variant_entry(external_data: bool) -> dict[str, Any]:
+    """The manifest entry of the exported fp32 graph, ``onnx/model.onnx``."""
+    return {"file": variant_file(BASE_VARIANT), "precision": "fp32", "stage": "export", "external_data": external_data}
+
+
 def write_new_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     manifest = {"manifest_version": MANIFEST_VERSION, "created": now_iso(), **manifest}
     manifest["packages"] = package_versions()

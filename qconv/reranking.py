@@ -7,8 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .artifact import Artifact
-from .errors import QconvError
+from .artifact import Artifact, open_artifact
 from .rerank_template import PairEncoder, RerankTemplate, last_token_index, pad_batch
 from .runtime import load_fast_tokenizer, open_session, resolve_providers
 
@@ -44,9 +43,7 @@ class Reranker:
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
     ):
-        self.artifact = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
-        if self.artifact.task != "reranker":
-            raise QconvError(f"{self.artifact.name} is a {self.artifact.task} artifact, not a reranker")
+        self.artifact = open_artifact(artifact, "reranker")
         settings = self.artifact.manifest["reranker"]
         self.settings = settings
         self.format = settings["format"]

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .artifact import Artifact
+from .artifact import Artifact, open_artifact
 from .errors import QconvError, one_line
 
 
@@ -86,9 +86,7 @@ class Embedder:
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
     ):
-        self.artifact = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
-        if self.artifact.task != "embedding":
-            raise QconvError(f"{self.artifact.name} is a {self.artifact.task} artifact, not an embedding model")
+        self.artifact = open_artifact(artifact, "embedding")
         settings = self.artifact.manifest["embedding"]
         self.variant = variant
         self.providers = resolve_providers(providers)
