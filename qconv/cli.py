@@ -14,6 +14,24 @@ def _split_providers(value: str | None) -> list[str] | None:
     return [p for p in value.split(",") if p.strip()] if value else None
 
 
+def _export_options(command):
+    """Options every export command shares."""
+    for option in reversed(
+        [
+            click.option("--opset", type=int, default=18, show_default=True),
+            click.option("--revision", help="Hub revision (branch, tag or commit)."),
+            click.option(
+                "--external-data/--no-external-data",
+                default=None,
+                help="Store weights beside the graph [default: only when over 2 GB].",
+            ),
+            click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="qconv")
 def cli() -> None:
@@ -38,14 +56,7 @@ def export() -> None:
 )
 @click.option("--pooling", default="auto", show_default=True, help="auto | lasttoken | mean | cls.")
 @click.option("--no-normalize", is_flag=True, help="Do not L2-normalise sentence_embedding.")
-@click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--revision", help="Hub revision (branch, tag or commit).")
-@click.option(
-    "--external-data/--no-external-data",
-    default=None,
-    help="Store weights beside the graph [default: only when over 2 GB].",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
+@_export_options
 def export_embedding_cmd(model, output, pooling, no_normalize, opset, revision, external_data, overwrite) -> None:
     """Export a sentence-embedding model (Qwen3-Embedding, BERT-family sentence-transformers)."""
     from qconv.convert.export import export_embedding
@@ -81,14 +92,7 @@ def export_embedding_cmd(model, output, pooling, no_normalize, opset, revision, 
 )
 @click.option("--instruction", help="Default instruction stored in the artifact.")
 @click.option("--max-length", type=int, help="Token budget per pair (template included) [default: 8192].")
-@click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--revision", help="Hub revision (branch, tag or commit).")
-@click.option(
-    "--external-data/--no-external-data",
-    default=None,
-    help="Store weights beside the graph [default: only when over 2 GB].",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory.")
+@_export_options
 def export_reranker_cmd(
     model, seq_cls, output, instruction, max_length, opset, revision, external_data, overwrite
 ) -> None:
