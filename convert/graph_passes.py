@@ -167,3 +167,46 @@ def convert_to_fp16(model, exclude: set[str] = frozenset()) -> dict:
         "casts_inserted": len(casts) + len(fp16_nodes),
         "excluded": sorted(exclude),
     }
+
+
+def drop_cast_round_trips(model) -> int:
+    """Cast(Cast(x: fp16 -> fp32) -> fp16) reads x directly: exact, and one copy pair less per occurrence.
+
+    Left behind where an fp16 producer meets an fp16 consumer through the fp32 boundary of
+    ``convert_to_fp16`` (e.g. fp16 attention output into an fp16 projection).
+    """
+    import onnx
+
+    from qconv.validate.fallback import infer_types
+
+    types = infer_types(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    outputs = {o.name for o in model.graph.output}
+    dropped = 0
+    for node in model.graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type != "Cast" or to != onnx.TensorProto.FLOAT16 or node.output[0] in outputs:
+            continue
+        inner = producers.get(node.input[0])
+        inner_to = next((a.i for a in inner.attribute if a.name == "to"), None) if inner is not None else None
+        if inner is None or inner.op_type != "Cast" or inner_to != onnx.TensorProto.FLOAT:
+            continue
+        if types.get(inner.input[0]) != "tensor(float16)":
+            continue
+        source, out = inner.input[0], node.output[0]
+        for consumer in model.graph.node:
+            for i, name in enumerate(consumer.input):
+                if name == out:
+                    consumer.input[i] = source
+        dropped += 1
+    if dropped:
+        used = set(outputs)
+        live = []
+        for node in reversed(model.graph.node):  # drop the now unread casts (and inner ones left unread)
+            if any(o in used for o in node.output if o):
+                live.append(node)
+                used.update(node.input)
+        kept = list(reversed(live))
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return dropped

@@ -8,21 +8,18 @@ then moves it into place and records the stage in the manifest.
 from __future__ import annotations
 
 import fnmatch
-import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from qconv.artifact import ONNX_DIR, Artifact, variant_file
+from qconv.artifact import Artifact, variant_file
 from qconv.console import console
 from qconv.errors import QconvError, one_line
 
 from .graph_passes import convert_to_fp16, quantize_embedding_gathers, unique_node_names
-from .onnx_graph import EXTERNAL_DATA_THRESHOLD, external_data_name
+from .variants import check_staged, file_facts, install_staged, needs_external_data, save_model, staging_dir
 
 INT8_PRESETS = {
     # reduce_range: 7-bit weights avoid the u8 x s8 saturation of AVX2/AVX-512 without VNNI (vpmaddubsw).
@@ -76,22 +73,6 @@ def register(cls: type[QuantizationMode]) -> type[QuantizationMode]:
     return cls
 
 
-def _save(model, path: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=external_data_name(path),
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(model, str(path))
-
-
 @register
 class Int8Dynamic(QuantizationMode):
     name = "int8"
@@ -111,7 +92,7 @@ class Int8Dynamic(QuantizationMode):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         staged = work / "in.onnx"
-        _save(model, staged, external=True)
+        save_model(model, staged, external=True)
         out = work / "int8.onnx"
         kwargs = dict(
             per_channel=options.per_channel,
@@ -285,6 +266,20 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
     return result
 
 
+def quantized_variant(mode: str, source_variant: str, options: QuantizeOptions) -> str:
+    """The variant name ``quantize`` will write; fills in the option defaults that depend on the mode."""
+    if mode not in MODES:
+        raise QconvError(f"unknown mode '{mode}' (choose {', '.join(MODES)})")
+    spec = MODES[mode]
+    if mode == "int8" and options.preset is None:
+        options.preset = detect_preset()
+    if options.quantize_embeddings is None:
+        options.quantize_embeddings = spec.embeddings_by_default
+    spec.validate_options(options)
+    name = spec.variant(options)
+    return name if source_variant == "model" else f"{source_variant}_{name}"
+
+
 def quantize(
     artifact: Artifact | str | Path,
     mode: str,
@@ -298,27 +293,18 @@ def quantize(
 
     started = time.perf_counter()
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
-    if mode not in MODES:
-        raise QconvError(f"unknown mode '{mode}' (choose {', '.join(MODES)})")
-    spec = MODES[mode]
     options = options or QuantizeOptions()
-    if mode == "int8" and options.preset is None:
-        options.preset = detect_preset()
-    if options.quantize_embeddings is None:
-        options.quantize_embeddings = spec.embeddings_by_default
-    spec.validate_options(options)
+    variant = quantized_variant(mode, source_variant, options)
+    spec = MODES[mode]
     src = art.variant_path(source_variant)
     source_precision = art.variants[source_variant].get("precision", "fp32")
     if source_precision != "fp32":
         raise QconvError(f"variant '{source_variant}' is {source_precision}; quantize from an fp32 variant")
-    name = spec.variant(options)
-    variant = name if source_variant == "model" else f"{source_variant}_{name}"
     target = art.path / variant_file(variant)
     if variant in art.variants and not overwrite:
         raise QconvError(f"variant '{variant}' already exists in {art.name} (pass --overwrite to replace it)")
 
-    work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=art.path / ONNX_DIR))
-    try:
+    with staging_dir(art, "quantize") as work:
         with console.status(f"quantizing {source_variant} -> {variant} ({mode})"):
             model = onnx.load(str(src))
             unique_node_names(model)
@@ -331,31 +317,17 @@ def quantize(
                 raise QconvError(f"{mode} quantization of {source_variant} failed: {one_line(exc)}") from None
             unique_node_names(result)
             staged = work / target.name
-            external = (
-                src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(src.name + "_data"))
-                > EXTERNAL_DATA_THRESHOLD
-            )
-            _save(result, staged, external)
+            save_model(result, staged, needs_external_data(src))
         # Registered provisionally so the runtime can open it; removed again if the check fails.
-        entry = {"file": f"{ONNX_DIR}/{work.name}/{target.name}", "precision": spec.precision}
-        art.variants[f"{variant}.staged"] = entry
-        try:
-            check = check_variant(art, f"{variant}.staged", source_variant)
-        finally:
-            del art.variants[f"{variant}.staged"]
+        check = check_staged(
+            art, variant, staged, spec.precision, lambda name: check_variant(art, name, source_variant)
+        )
         if not check["finite"]:
             raise QconvError(f"{variant} produces NaN or Inf on built-in inputs; nothing was written")
-        for path in (target, target.parent / external_data_name(target)):
-            if path.exists():
-                path.unlink()
-        for produced in work.iterdir():
-            if produced.name in (target.name, external_data_name(target)):
-                os.replace(produced, target.parent / produced.name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        install_staged(staged, target)
 
-    size = target.stat().st_size + sum(p.stat().st_size for p in target.parent.glob(target.name + "_data"))
-    counts = _op_counts(target)
+    facts = file_facts(target)
+    size = facts["size_bytes"]
     entry = {
         "file": variant_file(variant),
         "precision": spec.precision,
@@ -365,9 +337,7 @@ def quantize(
         "converter": spec.converter,
         "options": asdict(options),
         "details": info,
-        "size_bytes": size,
-        "external_data": (target.parent / external_data_name(target)).exists(),
-        "op_counts": counts,
+        **facts,
         "check": check,
     }
     art.variants[variant] = entry
@@ -384,12 +354,3 @@ def quantize(
     shown = ", ".join(f"{k}={v:.6g}" for k, v in check.items() if isinstance(v, float))
     console.print(f"[green]quantized[/] {source_variant} -> {variant_file(variant)} ({size / 1e6:.1f} MB; {shown})")
     return variant, entry
-
-
-def _op_counts(path: Path) -> dict[str, int]:
-    from collections import Counter
-
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return dict(Counter(n.op_type for n in model.graph.node).most_common())
