@@ -11,8 +11,8 @@ from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, v
 from qconv.console import console
 from qconv.errors import QconvError
 
-from .onnx_graph import export_module
-from .parity import ParityThresholds, check_embedding_parity, require_parity
+from .onnx_graph import export_module, release_weights
+from .parity import ParityThresholds, compare_embedding_parity, embedding_reference, require_parity
 from .pooling import resolve_pooling
 from .source import SourceModel, load_config_dict, require_tokenizer, resolve_source
 from .specs import EmbeddingSpec, embedding_spec
@@ -95,9 +95,9 @@ def export_embedding(
                 external_data=external_data,
             )
         with console.status("checking ONNX against PyTorch"):
-            parity = check_embedding_parity(
-                module, tokenizer, onnx_path, max_length, thresholds, invariant_sides=spec.padding_sides
-            )
+            reference = embedding_reference(module, tokenizer, max_length)
+            release_weights(module)  # one copy of the weights at a time: the ONNX session loads next
+            parity = compare_embedding_parity(reference, onnx_path, thresholds, invariant_sides=spec.padding_sides)
         print_parity(parity)
         require_parity(parity)
         shutil.copyfile(source.path / "config.json", tmp / "config.json")

@@ -69,8 +69,26 @@ def export_module(
         except Exception as exc:
             raise QconvError(f"ONNX export failed: {one_line(exc)}") from None
     ir.save(program.model, path, external_data=external_data_name(path) if external_data else None)
+    # The exporter's IR keeps every weight alive through module-level references; drop them so that
+    # ``release_weights`` can really free the PyTorch copy before the ONNX session loads.
+    for value in program.model.graph.initializers.values():
+        value.const_value = None
+    del program
     check_onnx_file(path)
     return bool(external_data)
+
+
+def release_weights(module) -> None:
+    """Free a module's weights now (moved to the meta device), whoever still holds the module object."""
+    import gc
+
+    import torch
+
+    # In place, on the very Parameter objects: the exporter and transformers hold references to them too,
+    # so replacing them (module.to("meta")) would leave the old storage, and its file mapping, alive.
+    for tensor in [*module.parameters(), *module.buffers()]:
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
+    gc.collect()
 
 
 def check_onnx_file(path: Path) -> None:

@@ -18,7 +18,7 @@ PARITY_TEXTS: tuple[str, ...] = (
     "Explain gravity",
     "The capital of China is Beijing.",
     "Gravity is a force that attracts two bodies towards each other. It gives weight to physical objects "
-    "and is responsible for the movement of planets around the sun. " * 6,
+    "and is responsible for the movement of planets around the sun. " * 3,
     "如何提高借款额度",
     "为什么我的全部还完之后就没有额度啦？",
     "",
@@ -43,14 +43,17 @@ def check_embedding_parity(
     invariant_sides: tuple[str, ...] = ("right", "left"),
 ) -> dict:
     """ONNX == PyTorch under both padding sides and batch 1; padded == batch 1 for ``invariant_sides``."""
+    reference = embedding_reference(module, tokenizer, max_length)
+    return compare_embedding_parity(reference, onnx_path, thresholds, invariant_sides)
+
+
+def embedding_reference(module, tokenizer, max_length: int) -> list[dict]:
+    """The PyTorch outputs of every parity run. Computed before the ONNX session opens, so the caller can
+    free the PyTorch model first: export memory peaks at one copy of the weights, not two."""
     import torch
 
-    from qconv.runtime import open_session
-
-    session = open_session(onnx_path, ["CPUExecutionProvider"])
     original_side = tokenizer.padding_side
-    ref_rows, onnx_rows, hidden_diffs = [], [], []
-    batched_by_side: dict[str, np.ndarray] = {}
+    reference = []
     try:
         runs = [("right", list(PARITY_TEXTS)), ("left", list(PARITY_TEXTS))] + [("single", [t]) for t in PARITY_TEXTS]
         for side, texts in runs:
@@ -61,18 +64,33 @@ def check_embedding_parity(
                 "attention_mask": enc["attention_mask"].astype(np.int64),
             }
             with torch.inference_mode():
-                ref_hidden, ref_emb = module(
-                    torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
-                )
-            onnx_hidden, onnx_emb = session.run(["last_hidden_state", "sentence_embedding"], feeds)
-            attended = feeds["attention_mask"].astype(bool)
-            hidden_diffs.append(float(np.abs(onnx_hidden[attended] - ref_hidden.numpy()[attended]).max()))
-            ref_rows.append(ref_emb.numpy())
-            onnx_rows.append(onnx_emb)
-            if side in invariant_sides:
-                batched_by_side[side] = onnx_emb
+                hidden, emb = module(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+            reference.append({"side": side, "feeds": feeds, "hidden": hidden.numpy(), "embedding": emb.numpy()})
     finally:
         tokenizer.padding_side = original_side
+    return reference
+
+
+def compare_embedding_parity(
+    reference: list[dict],
+    onnx_path: Path,
+    thresholds: ParityThresholds = ParityThresholds(),
+    invariant_sides: tuple[str, ...] = ("right", "left"),
+) -> dict:
+    from qconv.runtime import open_session
+
+    session = open_session(onnx_path, ["CPUExecutionProvider"])
+    ref_rows, onnx_rows, hidden_diffs = [], [], []
+    batched_by_side: dict[str, np.ndarray] = {}
+    for run in reference:
+        feeds = run["feeds"]
+        onnx_hidden, onnx_emb = session.run(["last_hidden_state", "sentence_embedding"], feeds)
+        attended = feeds["attention_mask"].astype(bool)
+        hidden_diffs.append(float(np.abs(onnx_hidden[attended] - run["hidden"][attended]).max()))
+        ref_rows.append(run["embedding"])
+        onnx_rows.append(onnx_emb)
+        if run["side"] in invariant_sides:
+            batched_by_side[run["side"]] = onnx_emb
     ref = np.concatenate(ref_rows)
     got = np.concatenate(onnx_rows)
     singles = np.concatenate(onnx_rows[2:])
@@ -121,24 +139,42 @@ def check_reranker_parity(
     tolerance: float = 1e-5,
 ) -> dict:
     """P(yes) from the ONNX graph vs the PyTorch module: left/right-padded batches and batch 1."""
+    reference = reranker_reference(module, sequences, pad_id)
+    return compare_reranker_parity(reference, fmt, onnx_path, yes_id, no_id, tolerance)
+
+
+def reranker_reference(module, sequences: list[list[int]], pad_id: int) -> list[dict]:
+    """The PyTorch logits of every parity run (computed first, so the caller can free the model)."""
     import torch
 
     from qconv.rerank_template import pad_batch
+
+    reference = []
+    runs = [("left", sequences), ("right", sequences)] + [(f"single{i}", [s]) for i, s in enumerate(sequences)]
+    for name, batch in runs:
+        ids, mask = pad_batch(batch, pad_id, "right" if name == "right" else "left")
+        with torch.inference_mode():
+            logits = module(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
+        reference.append({"name": name, "ids": ids, "mask": mask, "logits": logits})
+    return reference
+
+
+def compare_reranker_parity(
+    reference: list[dict], fmt: str, onnx_path: Path, yes_id: int | None, no_id: int | None, tolerance: float = 1e-5
+) -> dict:
     from qconv.reranking import yes_probability
     from qconv.runtime import open_session
 
     session = open_session(onnx_path, ["CPUExecutionProvider"])
     diffs, by_run = [], {}
-    runs = [("left", sequences), ("right", sequences)] + [(f"single{i}", [s]) for i, s in enumerate(sequences)]
-    for name, batch in runs:
-        ids, mask = pad_batch(batch, pad_id, "right" if name == "right" else "left")
-        with torch.inference_mode():
-            ref_logits = module(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
+    sequences = [run for run in reference if run["name"].startswith("single")]
+    for run in reference:
+        ids, mask = run["ids"], run["mask"]
         (onnx_logits,) = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
-        ref = yes_probability(fmt, ref_logits, mask, yes_id, no_id)
+        ref = yes_probability(fmt, run["logits"], mask, yes_id, no_id)
         got = yes_probability(fmt, onnx_logits, mask, yes_id, no_id)
         diffs.append(float(np.abs(ref - got).max()))
-        by_run[name] = got
+        by_run[run["name"]] = got
     singles = np.concatenate([by_run[f"single{i}"] for i in range(len(sequences))])
     padding = max(float(np.abs(by_run[side] - singles).max()) for side in ("left", "right"))
     finite = all(np.isfinite(v).all() for v in by_run.values())

@@ -12,8 +12,8 @@ from qconv.errors import QconvError
 from qconv.rerank_template import PairEncoder
 
 from .export import DEFAULT_OPSET, ExportResult
-from .onnx_graph import export_module
-from .parity import check_reranker_parity, require_reranker_parity
+from .onnx_graph import export_module, release_weights
+from .parity import compare_reranker_parity, require_reranker_parity, reranker_reference
 from .seqcls import (
     VERIFY_PAIRS,
     build_causal_module,
@@ -141,7 +141,18 @@ def export_reranker(
                 external_data=external_data,
             )
         with console.status("checking ONNX against PyTorch"):
-            parity = check_reranker_parity(module, fmt, sequences, onnx_path, pad_id, yes_id, no_id)
+            reference = reranker_reference(module, sequences, pad_id)
+        checkpoint = None
+        if classifier is not None and from_format == "causal-lm":
+            # The converted PyTorch checkpoint too, for transformers/vLLM users, in the source's dtype.
+            dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+            classifier.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
+            checkpoint = {"class": type(classifier).__name__, "dtype": dtype, "files": "config.json, model.safetensors"}
+        for held in (module, loaded, classifier):
+            if held is not None:
+                release_weights(held)  # one copy of the weights at a time: the ONNX session loads next
+        with console.status("checking ONNX against PyTorch"):
+            parity = compare_reranker_parity(reference, fmt, onnx_path, yes_id, no_id)
         console.print(
             f"parity ONNX vs PyTorch P(yes) on {parity['pairs']} templated pairs ({parity['runs']}): "
             f"max_abs_diff={parity['max_abs_diff']:.2e} "
@@ -149,13 +160,7 @@ def export_reranker(
             + ("[green]ok[/]" if parity["passed"] else "[red]FAILED[/]")
         )
         require_reranker_parity(parity)
-        checkpoint = None
-        if classifier is not None and from_format == "causal-lm":
-            # The converted PyTorch checkpoint too, for transformers/vLLM users, in the source's dtype.
-            dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-            classifier.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
-            checkpoint = {"class": type(classifier).__name__, "dtype": dtype, "files": "config.json, model.safetensors"}
-        else:
+        if checkpoint is None:
             shutil.copyfile(source.path / "config.json", tmp / "config.json")
         hf_tokenizer.save_pretrained(tmp)
         write_new_manifest(
