@@ -39,13 +39,18 @@ class SourceModel:
         return self.id.rstrip("/").split("/")[-1] if self.kind == "hub" else self.path.name
 
     def to_manifest(self) -> dict:
-        return {
+        manifest = {
             "model": self.id,
             "kind": self.kind,
             "path": str(self.path) if self.kind == "local" else None,
             "revision": self.revision,
             "content_sha256": self.content_sha256,
         }
+        from qconv.testmodels import RANDOM_WEIGHTS_NOTE, is_random_weight_model
+
+        if is_random_weight_model(self.path):
+            manifest["weights"] = RANDOM_WEIGHTS_NOTE  # echoed by reports and the model card
+        return manifest
 
 
 def content_hash(directory: Path) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from .artifact import Artifact, now_iso, package_versions, write_json_atomic
 from .console import console
 from .errors import QconvError
+from .testmodels import is_random_weight_model
 
 MLP_MATRICES = {"qwen3": 3, "bert": 2}  # SwiGLU has gate, up and down projections; BERT's MLP has two
 
@@ -64,14 +65,6 @@ def _run_worker(spec: dict, label: str) -> dict:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise QconvError(f"benchmark of {label} failed in its subprocess: {last[:300]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _random_weights(source_path: str | None) -> bool:
-    if not source_path:
-        return False
-    source = Path(source_path)
-    readme = source / "README.md"
-    return (source / "qconv_testmodel.json").is_file() or (readme.is_file() and "random weights" in readme.read_text())
 
 
 def _parse_ints(value: str | list[int], what: str) -> list[int]:
@@ -180,7 +173,7 @@ def bench(
                 "PyTorch baseline not measured: the source model is not a local causal LM / base model "
                 "directory recorded in the manifest."
             )
-    if _random_weights(source_path):
+    if is_random_weight_model(source_path):
         notes.append(
             "Random weights (qconv testmodel / demo model): speed and memory do not depend on weight "
             "values; quality metrics would be meaningless."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -171,6 +172,20 @@ def quantize(
 
 @cli.command()
 @click.argument("artifact", required=False)
+@click.option("--level", required=True, help="O1 | O2 | O3 | O4 (O4 = O3 + fp16, needs --target cuda).")
+@click.option("--target", default="cpu", show_default=True, help="cpu | cuda: the device the graph is built for.")
+@click.option("--from", "source_variant", default="model", show_default=True, help="fp32 variant to optimize.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing variant of the same level.")
+def optimize(artifact, level, target, source_variant, overwrite) -> None:
+    """Fuse the graph (O1-O4) into onnx/model_<level>.onnx; record passes and op counts in the manifest."""
+    from qconv.artifact import find_artifact
+    from qconv.convert.optimize import optimize as run_optimize
+
+    run_optimize(find_artifact(artifact), level, target=target, source_variant=source_variant, overwrite=overwrite)
+
+
+@cli.command()
+@click.argument("artifact", required=False)
 @click.option("--variant", multiple=True, help="Variant(s) to analyse [default: model].")
 @click.option("--all-variants", is_flag=True, help="Analyse every variant in the manifest.")
 @click.option("--providers", help="Comma-separated providers [default: CUDAExecutionProvider,CPUExecutionProvider].")
@@ -231,6 +246,49 @@ def bench_cmd(
         click.echo(json.dumps(result, indent=2))
 
 
+@cli.command("card")
+@click.argument("artifact", required=False)
+@click.option("--repo-id", help="Hub repository the usage snippets load [default: where it was last published].")
+@click.option("--base-model", help="Hub id of the source model, for a local export (remembered in the manifest).")
+def card_cmd(artifact, repo_id, base_model) -> None:
+    """Write the artifact's Hugging Face model card (README.md) from its manifest and reports."""
+    from qconv.artifact import find_artifact
+    from qconv.card import write_model_card
+    from qconv.console import console
+
+    path = write_model_card(find_artifact(artifact), model_id=repo_id, base_model=base_model)
+    console.print(f"[green]model card[/] {path}")
+
+
+@cli.command("publish")
+@click.argument("artifact", required=False)
+@click.option("--repo-id", help="Upload to this Hub model repository (ORG/NAME); the token comes from HF_TOKEN.")
+@click.option("--to", "to", type=click.Path(), help="Write a clean publishable copy here instead (DIR or .tar.gz).")
+@click.option("--revision", help="--repo-id: upload to this branch (created if needed).")
+@click.option("--private", is_flag=True, help="--repo-id: create the repository private.")
+@click.option("--dry-run", is_flag=True, help="List exactly what would be published, with sizes; upload nothing.")
+@click.option("--force", is_flag=True, help="Publish even if a variant failed validation or has none.")
+@click.option("--archive", is_flag=True, help="--to: write a .tar.gz archive.")
+@click.option("--overwrite", is_flag=True, help="--to: replace an existing directory or archive.")
+def publish_cmd(artifact, repo_id, to, revision, private, dry_run, force, archive, overwrite) -> None:
+    """Upload an artifact to the Hugging Face Hub, or write a clean publishable copy (--to)."""
+    from qconv.artifact import find_artifact
+    from qconv.publish import publish_to_dir, publish_to_hub
+
+    if bool(repo_id) == bool(to):
+        raise QconvError("pass --repo-id ORG/NAME (upload to the Hub) or --to DIR (a local copy), not both")
+    hub_only = [flag for flag, given in (("--revision", revision), ("--private", private)) if given]
+    dir_only = [flag for flag, given in (("--archive", archive), ("--overwrite", overwrite)) if given]
+    for flags, needed in ((hub_only, "--repo-id"), (dir_only, "--to")):
+        if flags and not (repo_id if needed == "--repo-id" else to):
+            raise QconvError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only with {needed}")
+    art = find_artifact(artifact)
+    if repo_id:
+        publish_to_hub(art, repo_id, revision=revision, private=private, dry_run=dry_run, force=force)
+    else:
+        publish_to_dir(art, to, force=force, archive=archive, overwrite=overwrite, dry_run=dry_run)
+
+
 @cli.group()
 def testmodel() -> None:
     """Random-weight checkpoints of the published Qwen3 shapes (for performance work without the Hub)."""
@@ -255,15 +313,9 @@ def testmodel_create(out, shape_name, kind, layers, seed) -> None:
 
 
 def _validate(art, dataset: str, **options) -> dict:
-    from qconv.validate.datasets import dataset_spec
+    from qconv.validate.runner import validate_dataset
 
-    if dataset_spec(dataset).kind == "rerank":
-        from qconv.validate.rerank import validate_reranker
-
-        return validate_reranker(art, dataset, raise_on_fail=False, **options)
-    from qconv.validate.embedding import validate_embedding
-
-    return validate_embedding(art, dataset, raise_on_fail=False, **options)
+    return validate_dataset(art, dataset, **options)
 
 
 def _only_for(kind: str, dataset: str, **given) -> None:
@@ -371,16 +423,40 @@ def validate(
         raise GateFailed(f"validation failed for {variant} on {dataset}: {'; '.join(report['failures'])}")
 
 
+@cli.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--offline", is_flag=True, help="No Hub access: local models, --data-dir or the bundled samples.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset files named <dataset>.jsonl/.parquet/.csv.")
+@click.option("--output", default="artifacts", show_default=True, type=click.Path(file_okay=False))
+@click.option("--only", help="Only this stage: export|optimize|quantize|validate|fallback|card|publish.")
+@click.option("--model", help="A local copy of the recipe's model (instead of its Hub id).")
+@click.option("--publish", is_flag=True, help="Also run the recipe's publish step (needs HF_TOKEN).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is up to date) and stop.")
+def run_cmd(recipe, offline, data_dir, output, only, model, publish, dry_run) -> None:
+    """Run a recipe's stages in order, skipping those already done (exit 1 if a validation fails)."""
+    from qconv.recipe_run import RunOptions, run_recipe
+
+    options = RunOptions(
+        offline=offline,
+        data_dir=Path(data_dir) if data_dir else None,
+        output=Path(output),
+        only=only,
+        dry_run=dry_run,
+        model=model,
+        publish=publish,
+    )
+    run_recipe(recipe, options)
+
+
 @cli.command()
 @click.option("--output-root", default="artifacts", show_default=True, type=click.Path(file_okay=False))
-@click.option("--limit", type=int, help="Validate on the first N pairs (queries for the reranker; default 30).")
 @click.option("--task", default="all", show_default=True, help="embedding | reranker | all.")
-def demo(output_root, limit, task) -> None:
-    """Offline end-to-end demo on built-in random Qwen3 models: export, then validate against PyTorch
-    (embedding on the bundled STS12 sample, seq-cls reranker on the bundled MS MARCO sample)."""
+def demo(output_root, task) -> None:
+    """Offline end to end on built-in random Qwen3 models: the bundled recipes demo.yaml and demo-reranker.yaml
+    (export, optimize, quantize, validate against PyTorch, fallback report, model card)."""
     from qconv.demo import run_demo
 
-    run_demo(output_root, limit=limit, task=task)
+    run_demo(output_root, task=task)
 
 
 def main(argv: list[str] | None = None) -> int:

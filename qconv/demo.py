@@ -1,59 +1,44 @@
-"""``qconv demo``: export + validate end to end, offline, on built-in random Qwen3 models.
+"""``qconv demo``: the bundled demo recipes, offline, on built-in random Qwen3 models.
 
-An embedding model (validated on the bundled STS12 sample) and a reranker (converted to a seq-cls head,
-validated on the bundled MS MARCO sample). Both have random weights: task metrics are meaningless, the
-parity with PyTorch is real.
+``recipes/demo.yaml`` (embedding: export, O2, INT8 from O2, fp16, validation on the STS12 and BQ samples,
+fallback report, model card) and ``recipes/demo-reranker.yaml`` (causal LM -> seq-cls head, fp16, MS MARCO
+sample). Random weights: task metrics are meaningless, the parity with PyTorch is real.
 """
 
 from __future__ import annotations
 
-import os
+from importlib import resources
 from pathlib import Path
 
 from .console import console
-from .errors import QconvError
-from .testmodels import RANDOM_WEIGHTS_NOTE, create_qwen3_embedding, create_qwen3_reranker
+from .errors import GateFailed, QconvError
+from .testmodels import RANDOM_WEIGHTS_NOTE
 
-DEMO_MODEL_NAME = "qwen3-embedding-tiny-random"
-DEMO_RERANKER_NAME = "qwen3-reranker-tiny-random"
-DEMO_TASKS = ("embedding", "reranker", "all")
-
-
-def demo_source_dir(name: str) -> Path:
-    root = os.environ.get("QCONV_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qconv")
-    return Path(root) / "models" / name
+DEMO_RECIPES = {"embedding": "demo.yaml", "reranker": "demo-reranker.yaml"}
+DEMO_TASKS = (*DEMO_RECIPES, "all")
 
 
-def _source(name: str, create) -> Path:
-    source = demo_source_dir(name)
-    if not (source / "model.safetensors").is_file():
-        with console.status(f"building {name} (random Qwen3, real Qwen vocabulary)"):
-            create(source)
-    return source
+def demo_recipe(task: str) -> Path:
+    """The bundled recipe file (``recipes/`` in a checkout, ``qconv/recipes`` in an installed wheel)."""
+    return Path(str(resources.files("qconv.recipes") / DEMO_RECIPES[task]))
 
 
-def run_demo(output_root: str | Path = "artifacts", limit: int | None = None, task: str = "all") -> list[dict]:
-    from qconv.convert.export import export_embedding
-    from qconv.convert.reranker_export import export_reranker
-    from qconv.validate.embedding import validate_embedding
-    from qconv.validate.rerank import validate_reranker
+def run_demo(output_root: str | Path = "artifacts", task: str = "all") -> list[dict]:
+    from .recipe_run import RunOptions, run_recipe
 
     if task not in DEMO_TASKS:
         raise QconvError(f"unknown demo task '{task}' (choose {', '.join(DEMO_TASKS)})")
     console.print(f"[bold yellow]demo models: {RANDOM_WEIGHTS_NOTE}[/]")
-    reports = []
-    if task in ("embedding", "all"):
-        source = _source(DEMO_MODEL_NAME, create_qwen3_embedding)
-        result = export_embedding(str(source), Path(output_root) / DEMO_MODEL_NAME, overwrite=True)
-        reports.append(validate_embedding(result.path, "sts12", offline=True, limit=limit, note=RANDOM_WEIGHTS_NOTE))
-    if task in ("reranker", "all"):
-        source = _source(DEMO_RERANKER_NAME, create_qwen3_reranker)
-        result = export_reranker(str(source), Path(output_root) / f"{DEMO_RERANKER_NAME}-seq-cls", overwrite=True)
-        reports.append(
-            validate_reranker(result.path, "msmarco", offline=True, limit=limit or 30, note=RANDOM_WEIGHTS_NOTE)
-        )
+    results, failures = [], []
+    for name in DEMO_RECIPES if task == "all" else (task,):
+        try:
+            results.append(run_recipe(demo_recipe(name), RunOptions(offline=True, output=Path(output_root))))
+        except GateFailed as exc:  # run the other demo too, then report
+            failures.append(str(exc))
     console.print(
-        f"[bold yellow]reminder: {RANDOM_WEIGHTS_NOTE}. Real checkpoints: 'qconv export embedding "
-        f"--model DIR', 'qconv export reranker --seq-cls --model DIR'.[/]"
+        f"[bold yellow]reminder: {RANDOM_WEIGHTS_NOTE}. Real models: 'qconv run recipes/qwen3-embedding-0.6b-cpu.yaml' "
+        f"(Hub), or 'qconv export embedding --model DIR'.[/]"
     )
-    return reports
+    if failures:
+        raise GateFailed(" | ".join(failures))
+    return results

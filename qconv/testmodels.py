@@ -14,6 +14,17 @@ from .qwen_vocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
 RANDOM_WEIGHTS_NOTE = "random weights: task metrics are meaningless, parity with PyTorch is real"
 
 
+def is_random_weight_model(source_path: str | Path | None) -> bool:
+    """Whether a source model directory is one of qconv's random-weight test models (its marker or README)."""
+    if not source_path:
+        return False
+    source = Path(source_path)
+    readme = source / "README.md"
+    return (source / "qconv_testmodel.json").is_file() or (
+        readme.is_file() and "random weights" in readme.read_text(encoding="utf-8", errors="replace")
+    )
+
+
 @dataclass(frozen=True)
 class Qwen3Shape:
     hidden_size: int = 64
@@ -175,11 +186,12 @@ def create_test_model(out: str | Path, shape_name: str, kind: str, layers: int |
 
     from .errors import QconvError
 
-    if shape_name not in PUBLISHED_SHAPES:
-        raise QconvError(f"unknown shape '{shape_name}' (choose {', '.join(PUBLISHED_SHAPES)})")
+    shapes = {"tiny": TINY, **PUBLISHED_SHAPES}
+    if shape_name not in shapes:
+        raise QconvError(f"unknown shape '{shape_name}' (choose {', '.join(shapes)})")
     if kind not in ("embedding", "reranker"):
         raise QconvError(f"unknown kind '{kind}' (choose embedding, reranker)")
-    shape = PUBLISHED_SHAPES[shape_name]
+    shape = shapes[shape_name]
     if layers is not None:
         if not 1 <= layers <= shape.num_hidden_layers:
             raise QconvError(f"--layers must be between 1 and {shape.num_hidden_layers} for {shape_name}")
@@ -199,3 +211,25 @@ def create_test_model(out: str | Path, shape_name: str, kind: str, layers: int |
     }
     (out / "qconv_testmodel.json").write_text(json.dumps(note, indent=2), encoding="utf-8")
     return out
+
+
+def cached_test_model(kind: str, shape_name: str = "tiny", layers: int | None = None, seed: int = 0) -> Path:
+    """A test model under ``$QCONV_CACHE/models`` (built once; a half-built one is never picked up)."""
+    import os
+    import shutil
+    import tempfile
+
+    root = Path(os.environ.get("QCONV_CACHE") or Path.home() / ".cache" / "qconv") / "models"
+    name = f"testmodel-{kind}-{shape_name}" + (f"-{layers}layers" if layers else "") + f"-seed{seed}"
+    target = root / name
+    if (target / "qconv_testmodel.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        create_test_model(work / "model", shape_name, kind, layers=layers, seed=seed)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(work / "model", target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target

@@ -20,16 +20,32 @@ def test_bench_embedding_variants_and_torch_baseline(artifact_copy, run_cli):
     for r in result["rows"]:
         assert r["throughput"] > 0 and r["peak_rss_bytes"] > 10_000_000 and r["gflops"] > 0
         assert set(r["latency_ms"]) == {50, 90, 99}
-        baseline = next(b for b in result["rows"] if b["runtime"] == "torch-fp32"
-                        and (b["batch"], b["seq"]) == (r["batch"], r["seq"]))
+        baseline = next(
+            b
+            for b in result["rows"]
+            if b["runtime"] == "torch-fp32" and (b["batch"], b["seq"]) == (r["batch"], r["seq"])
+        )
         assert r["vs_torch_fp32"] == pytest.approx(r["throughput"] / baseline["throughput"])
     assert any("Random weights" in n for n in result["notes"])
     reports = artifact_copy / "reports"
     assert json.loads((reports / "bench.json").read_text())["rows"]
     assert "vs torch fp32" in (reports / "bench.md").read_text()
     assert (reports / "bench.png").read_bytes()[:4] == b"\x89PNG"
-    code, out, err = run_cli("bench", artifact_copy, "--variants", "model", "--baseline", "none",
-                             "--batch-sizes", "1", "--seq-lens", "4", "--repeats", "1", "--json")
+    code, out, err = run_cli(
+        "bench",
+        artifact_copy,
+        "--variants",
+        "model",
+        "--baseline",
+        "none",
+        "--batch-sizes",
+        "1",
+        "--seq-lens",
+        "4",
+        "--repeats",
+        "1",
+        "--json",
+    )
     assert code == 0, err
     assert [r["runtime"] for r in json.loads(out)["rows"]] == ["model"]
 
@@ -43,8 +59,16 @@ def test_bench_reranker_against_the_per_document_loop(seqcls_copy):
 
 
 def test_flops_of_the_qwen3_0_6b_shape():
-    config = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
-              "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151669}
+    config = {
+        "model_type": "qwen3",
+        "hidden_size": 1024,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 3072,
+        "vocab_size": 151669,
+    }
     # 2 x 440M non-embedding weights per token, plus attention over 128 positions
     assert flops_per_token(config, 128) == pytest.approx(2 * 440.4e6 + 2 * 28 * 2 * 128 * 2048, rel=0.01)
 

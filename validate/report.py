@@ -90,8 +90,10 @@ def render_markdown(report: dict, images: dict[str, str], figures: list[Figure])
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report["thresholds"].items()]
     if report.get("placement"):
         lines += ["", "| placement | fall back | copies per run | verdict |", "|---|---|---|---|"]
-        lines += [f"| {p} | {r['fallback_nodes']} | {r['partition_boundaries']} | {r['verdict']} |"
-                  for p, r in report["placement"].items()]
+        lines += [
+            f"| {p} | {r['fallback_nodes']} | {r['partition_boundaries']} | {r['verdict']} |"
+            for p, r in report["placement"].items()
+        ]
     if report["failures"]:
         lines += ["", "Failures:", *[f"- {f}" for f in report["failures"]]]
     for figure in figures:

@@ -55,8 +55,7 @@ def placement_summary(art: Artifact, variant: str, providers: list[str]) -> dict
     summary = {}
     for provider in providers:
         report = analyse(model, provider)
-        summary[provider] = {k: report[k] for k in ("nodes_total", "fallback_nodes", "partition_boundaries",
-                                                    "verdict")}
+        summary[provider] = {k: report[k] for k in ("nodes_total", "fallback_nodes", "partition_boundaries", "verdict")}
     return summary
 
 
@@ -130,3 +129,15 @@ def print_summary(report: dict, md_path: Path) -> None:
     console.print(f"parity: {shown}")
     verdict = "[green]PASSED[/]" if report["passed"] else f"[red]FAILED[/]: {'; '.join(report['failures'])}"
     console.print(f"{verdict} — report {md_path}")
+
+
+def validate_dataset(art: Artifact | str | Path, dataset: str, **options) -> dict:
+    """Validate on any dataset: the embedding or the reranker path, by the dataset's kind. Never raises on a
+    failed gate (the report says ``passed: false``); callers decide the exit status."""
+    if dataset_spec(dataset).kind == "rerank":
+        from .rerank import validate_reranker
+
+        return validate_reranker(art, dataset, raise_on_fail=False, **options)
+    from .embedding import validate_embedding
+
+    return validate_embedding(art, dataset, raise_on_fail=False, **options)

@@ -1,0 +1,322 @@
+"""``qconv publish``: an artifact to the Hugging Face Hub, or a clean publishable copy (or archive).
+
+What is published is exactly what the manifest records (its ``files`` hashes, plus ``qconv.json``), minus
+anything that is never meant to leave the machine: caches, staging and temporary files, locks. Uploads
+come from a staged copy holding only those files, so nothing else in the directory can leak; the copy's
+manifest lists exactly the files published. An artifact whose validation failed or is missing is refused
+unless forced. The Hub token is read from ``HF_TOKEN`` only, and is never printed or written anywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .artifact import MANIFEST, Artifact, sha256_file, staged_directory
+from .card import CARD_FILE, human_size, stale_validations, write_model_card
+from .console import console
+from .errors import QconvError, one_line
+
+# Never published: temporary, lock and editor files (hidden paths, e.g. .cache/, are excluded as a whole).
+_EXCLUDED_SUFFIXES = (".tmp", ".temp", ".lock", ".part", ".incomplete", ".pyc", ".swp", "~")
+_EXCLUDED_NAMES = {"__pycache__", "Thumbs.db"}
+# Remote paths qconv owns: stale files there (a variant removed since the last upload) are deleted.
+HUB_MANAGED = ["onnx/*", "reports/*"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+ARCHIVE_SUFFIX = ".tar.gz"
+
+
+@dataclass
+class PublishResult:
+    target: str  # "hub", "dir", "archive" or "dry-run"
+    destination: str
+    files: list[tuple[str, int]] = field(default_factory=list)  # (relative path, bytes), as published
+    commit: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self.files)
+
+
+def is_publishable(rel: str) -> bool:
+    """Whether a relative path may leave the machine (no cache, staging or temporary file)."""
+    parts = PurePosixPath(rel).parts
+    if not parts or any(p.startswith(".") or p in _EXCLUDED_NAMES or ".tmp-" in p for p in parts):
+        return False
+    return not parts[-1].endswith(_EXCLUDED_SUFFIXES)
+
+
+def publishable_files(art: Artifact) -> list[str]:
+    """Relative paths to publish: the manifest's recorded files that belong on the Hub, and the manifest."""
+    recorded = art.manifest.get("files") or {}
+    return sorted({rel for rel in recorded if is_publishable(rel)} | {MANIFEST})
+
+
+def check_publishable(art: Artifact, force: bool = False) -> list[str]:
+    """Problems that make ``art`` unfit to publish (variants failed, not validated, or rebuilt since).
+
+    Raises QconvError naming them unless ``force``; returns them (for a warning) otherwise.
+    """
+    validation = art.manifest.get("validation") or {}
+    stale = stale_validations(art)
+    problems = []
+    for variant in sorted(art.variants):
+        results = validation.get(variant) or {}
+        failed = sorted(d for d, s in results.items() if not s.get("passed"))
+        outdated = sorted(d for d in results if (variant, d) in stale)
+        if not results:
+            problems.append(f"{variant} is not validated")
+        if failed:
+            problems.append(f"{variant} failed validation on {', '.join(failed)}")
+        if outdated:
+            problems.append(f"{variant} was rebuilt after its validation on {', '.join(outdated)}")
+    if problems and not force:
+        raise QconvError(
+            f"refusing to publish {art.name}: {'; '.join(problems)} "
+            f"(run 'qconv validate --variant V --dataset D', or pass --force)"
+        )
+    for problem in problems:
+        console.print(f"[yellow]warning: {problem} (published anyway: --force)[/]")
+    return problems
+
+
+def verify_files(art: Artifact, force: bool = False) -> None:
+    """Every recorded file exists and still has the hash the manifest holds (else a changed file would be
+    published under validation results that no longer describe it)."""
+    recorded = art.manifest.get("files") or {}
+    changed = []
+    for rel in publishable_files(art):
+        if rel in (MANIFEST, CARD_FILE):
+            continue
+        path = art.path / rel
+        if not path.is_file():
+            raise QconvError(f"{rel} is recorded in {art.name}'s manifest but missing from {art.path}")
+        if sha256_file(path) != recorded[rel]:
+            changed.append(rel)
+    if changed and not force:
+        raise QconvError(
+            f"{', '.join(changed)} changed since qconv recorded {'it' if len(changed) == 1 else 'them'} in "
+            f"{art.name}'s manifest (sha256 differs): rebuild and revalidate, or pass --force"
+        )
+
+
+def published_manifest(art: Artifact, rels: list[str]) -> bytes:
+    """The manifest as published: its ``files`` narrowed to the files that are published with it."""
+    manifest = dict(art.manifest)
+    manifest["files"] = {k: v for k, v in (art.manifest.get("files") or {}).items() if k in set(rels)}
+    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class _Bundle:
+    """What one publication holds: the relative paths, the published manifest, and each file's size."""
+
+    def __init__(self, art: Artifact):
+        self.art = art
+        self.rels = publishable_files(art)
+        self.manifest = published_manifest(art, self.rels)
+
+    @property
+    def files(self) -> list[tuple[str, int]]:
+        return [
+            (rel, len(self.manifest) if rel == MANIFEST else (self.art.path / rel).stat().st_size) for rel in self.rels
+        ]
+
+    def fill(self, target: Path, link: bool = False) -> None:
+        """Copy (or hard-link, falling back to a copy) the files into ``target``."""
+        for rel in self.rels:
+            dst = target / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if rel == MANIFEST:
+                dst.write_bytes(self.manifest)
+                continue
+            src = self.art.path / rel
+            if link:
+                try:
+                    os.link(src, dst)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(src, dst)
+
+    def write_archive(self, destination: Path) -> None:
+        """A gzipped tar with one top-level directory named after the archive, written atomically."""
+        root = destination.name[: -len(ARCHIVE_SUFFIX)] or self.art.name
+
+        def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            return info
+
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        os.close(fd)
+        try:
+            with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
+                for rel in self.rels:
+                    if rel == MANIFEST:
+                        info = clean(tarfile.TarInfo(f"{root}/{rel}"))
+                        info.size, info.mode = len(self.manifest), 0o644
+                        info.mtime = int((self.art.path / MANIFEST).stat().st_mtime)
+                        tar.addfile(info, io.BytesIO(self.manifest))
+                    else:
+                        tar.add(self.art.path / rel, arcname=f"{root}/{rel}", recursive=False, filter=clean)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary file, not the archive
+            os.replace(tmp, destination)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _prepare(art: Artifact, force: bool, model_id: str | None = None) -> _Bundle:
+    """After the validation check: the files still match the manifest, a fresh card, the bundle."""
+    verify_files(art, force)
+    write_model_card(art, model_id=model_id)
+    return _Bundle(art)
+
+
+def print_file_list(files: list[tuple[str, int]], header: str) -> None:
+    console.print(header, markup=False, soft_wrap=True)
+    for rel, size in files:
+        console.print(f"{human_size(size):>10}  {rel}", markup=False, soft_wrap=True)
+    console.print(f"{len(files)} files, {human_size(sum(s for _, s in files))}", markup=False)
+
+
+def _record(art: Artifact, stage: dict) -> None:
+    art.add_stage({"stage": "publish", **stage})
+    art.save()
+
+
+def _archive_path(to: Path, archive: bool) -> Path | None:
+    if to.name.endswith(ARCHIVE_SUFFIX):
+        return to
+    return to.with_name(to.name + ARCHIVE_SUFFIX) if archive else None
+
+
+def publish_to_dir(
+    art: Artifact | str | Path,
+    to: str | Path,
+    *,
+    force: bool = False,
+    archive: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+) -> PublishResult:
+    """A clean, publishable copy of ``art`` in ``to`` (a ``.tar.gz`` when ``archive`` or ``to`` ends so)."""
+    art = art if isinstance(art, Artifact) else Artifact(art)
+    tarball = _archive_path(Path(to), archive)
+    destination = (tarball or Path(to)).resolve()
+    if destination == art.path or art.path in destination.parents:
+        raise QconvError(f"--to {destination} is inside the artifact {art.path}; choose a path outside it")
+    if destination.exists():
+        if destination.is_dir() == (tarball is not None):
+            raise QconvError(
+                f"{destination} is {'a directory' if destination.is_dir() else 'a file'}; pass another --to"
+            )
+        if not overwrite and (tarball is not None or any(destination.iterdir())):
+            raise QconvError(f"{destination} already exists and is not empty (pass --overwrite to replace it)")
+    check_publishable(art, force)
+    bundle = _prepare(art, force)
+    files = bundle.files
+    if dry_run:
+        print_file_list(files, f"would write {len(files)} files to {destination}:")
+        return PublishResult("dry-run", str(destination), files)
+    if tarball is not None:
+        bundle.write_archive(destination)
+    else:
+        with staged_directory(destination, overwrite=overwrite) as tmp:
+            bundle.fill(tmp)
+            tmp.chmod(0o755)  # mkdtemp's 0700 is for staging, not for a copy meant to be shared
+    kind = "archive" if tarball is not None else "dir"
+    total = sum(s for _, s in files)
+    _record(art, {"target": kind, "path": str(destination), "files": len(files), "bytes": total})
+    console.print(f"[green]published[/] {len(files)} files ({human_size(total)}) to {destination}", soft_wrap=True)
+    return PublishResult(kind, str(destination), files)
+
+
+def hub_token() -> str:
+    """The Hub token, from ``HF_TOKEN`` only (never from a file, never printed)."""
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        raise QconvError(
+            "HF_TOKEN is not set: export a Hugging Face token with write access as HF_TOKEN "
+            "(or use --dry-run, or --to DIR for a local copy)"
+        )
+    return token
+
+
+def _scrub(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def publish_to_hub(
+    art: Artifact | str | Path,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+) -> PublishResult:
+    """Upload ``art`` to the Hub model repository ``repo_id`` (created if needed; branch ``revision``)."""
+    art = art if isinstance(art, Artifact) else Artifact(art)
+    if not _REPO_ID.match(repo_id or "") or "--" in repo_id or ".." in repo_id:
+        raise QconvError(f"--repo-id must look like ORG/NAME, got '{repo_id}'")
+    check_publishable(art, force)
+    token = None if dry_run else hub_token()
+    bundle = _prepare(art, force, model_id=repo_id)
+    files = bundle.files
+    total = sum(s for _, s in files)
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    if dry_run:
+        print_file_list(files, f"would upload {len(files)} files to https://huggingface.co/{where}:")
+        return PublishResult("dry-run", where, files)
+
+    from huggingface_hub import HfApi
+
+    from . import __version__
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{art.name}.publish-", dir=art.path.parent))
+    try:
+        bundle.fill(staging, link=True)
+        api = HfApi(token=token)
+        with console.status(f"uploading {len(files)} files ({human_size(total)}) to {where}"):
+            api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id=repo_id, branch=revision, repo_type="model", exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(staging),
+                repo_type="model",
+                revision=revision,
+                commit_message=f"Upload {art.name} (qconv {__version__})",
+                delete_patterns=HUB_MANAGED,
+            )
+    except QconvError:
+        raise
+    except Exception as exc:  # any Hub failure (auth, network, permissions) becomes one line, token scrubbed
+        raise QconvError(f"upload of {art.name} to {where} failed: {_scrub(one_line(exc), token or '')}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    commit = getattr(info, "oid", None)
+    _record(
+        art,
+        {
+            "target": "hub",
+            "repo_id": repo_id,
+            "revision": revision,
+            "private": private,
+            "files": len(files),
+            "bytes": total,
+            "commit": commit,
+        },
+    )
+    url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+    console.print(f"[green]published[/] {len(files)} files ({human_size(total)}) to {where}: {url}", soft_wrap=True)
+    return PublishResult("hub", where, files, commit=commit)

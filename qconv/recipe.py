@@ -1,0 +1,349 @@
+"""Recipes: the whole pipeline as pure data (YAML), checked against a typed schema.
+
+Every field is declared once, with its type and default, in the dataclasses below (Olive-style); the loader
+walks the YAML node tree so that every error names the file, the line and the key. Nothing here runs
+anything: ``qconv.recipe_run`` replays a loaded recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import QconvError
+
+TASKS = ("embedding", "reranker")
+LEVELS = ("O1", "O2", "O3", "O4")
+TARGETS = ("cpu", "cuda")
+SHAPES = ("tiny", "qwen3-0.6b", "qwen3-4b", "qwen3-8b")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _key(name: str):
+    """A field whose YAML key differs from its Python name (``from`` is a keyword)."""
+    return {"key": name}
+
+
+@dataclass
+class TestModel:
+    """A built-in random-weight Qwen3 with the real vocabulary: offline demos and honest speed figures."""
+
+    shape: Literal["tiny", "qwen3-0.6b", "qwen3-4b", "qwen3-8b"] = "tiny"
+    layers: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class ModelSource:
+    id: str | None = None  # Hub id or local directory
+    revision: str | None = None  # pin it: resumability and reproducibility key on it
+    testmodel: TestModel | None = None
+
+
+@dataclass
+class EmbeddingExport:
+    pooling: Literal["auto", "lasttoken", "mean", "cls"] = "auto"
+    normalize: bool = True
+    opset: int | None = None
+    external_data: bool | None = None
+
+
+@dataclass
+class RerankerExport:
+    seq_cls: bool = True
+    instruction: str | None = None
+    max_length: int | None = None
+    opset: int | None = None
+    external_data: bool | None = None
+
+
+@dataclass
+class OptimizeStage:
+    level: Literal["O1", "O2", "O3", "O4"]
+    target: Literal["cpu", "cuda"] = "cpu"
+    source: str = field(default="model", metadata=_key("from"))
+
+
+@dataclass
+class QuantizeStage:
+    mode: Literal["int8", "q4", "q4f16", "fp16"]
+    source: str = field(default="model", metadata=_key("from"))
+    per_channel: bool = True
+    preset: Literal["avx512_vnni", "avx2", "arm64"] | None = None
+    block_size: int = 32
+    accuracy_level: int | None = None
+    quantize_embeddings: bool | None = None
+    exclude: list[str] = field(default_factory=list)
+
+
+STAGES: dict[str, type] = {"optimize": OptimizeStage, "quantize": QuantizeStage}
+
+
+@dataclass
+class Thresholds:
+    min_cosine: float | None = None
+    min_cosine_mean: float | None = None
+    max_delta: float | None = None
+    max_score_diff: float | None = None
+    min_top1: float | None = None
+
+
+@dataclass
+class ValidateStep:
+    dataset: str
+    split: str | None = None
+    limit: int | None = None
+    variants: list[str] | None = None  # default: every variant the recipe produces
+    providers: list[str] | None = None
+    batch_size: int | None = None
+    instruction: str | None = None
+    max_candidates: int | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass
+class FallbackStep:
+    providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    variants: list[str] | None = None  # default: every variant the recipe produces
+
+
+@dataclass
+class PublishTarget:
+    repo_id: str
+    revision: str | None = None
+    private: bool = False
+
+
+@dataclass
+class Recipe:
+    name: str
+    task: Literal["embedding", "reranker"]
+    model: ModelSource
+    description: str | None = None
+    export: EmbeddingExport | RerankerExport | None = None
+    stages: list[OptimizeStage | QuantizeStage] = field(default_factory=list)
+    validate: list[ValidateStep] = field(default_factory=list)
+    fallback: FallbackStep | None = None
+    card: bool = True
+    publish: PublishTarget | None = None
+    path: Path | None = field(default=None, metadata={"internal": True})
+    lines: dict[str, int] = field(default_factory=dict, metadata={"internal": True})
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and check a recipe file; every problem is one line naming ``file:line`` and the key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise QconvError(f"recipe {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise QconvError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if root is None:
+        raise QconvError(f"{path}: the recipe is empty")
+    return _Reader(path).recipe(root)
+
+
+class _Reader:
+    def __init__(self, path: Path):
+        self.path = path
+        self.lines: dict[str, int] = {}
+
+    def error(self, node, message: str) -> QconvError:
+        return QconvError(f"{self.path}:{node.start_mark.line + 1}: {message}")
+
+    def recipe(self, root) -> Recipe:
+        recipe = self.build(root, Recipe, "recipe")
+        if not _NAME.match(recipe.name):
+            raise self.error(root, f"name '{recipe.name}' must be a plain directory name (letters, digits, . _ -)")
+        self._check_task_fields(root, recipe)
+        self._check_datasets(root, recipe)
+        recipe.path = self.path.resolve()
+        recipe.lines = self.lines
+        return recipe
+
+    def _check_task_fields(self, root, recipe: Recipe) -> None:
+        model = recipe.model
+        if (model.id is None) == (model.testmodel is None):
+            raise self.error(self._child(root, "model"), "model needs exactly one of 'id' or 'testmodel'")
+        export_node = self._child(root, "export")
+        expected = EmbeddingExport if recipe.task == "embedding" else RerankerExport
+        if export_node is None:
+            recipe.export = expected()
+        else:
+            recipe.export = self.build(export_node, expected, "export", what=f"{recipe.task} export")
+        if recipe.task == "reranker" and not recipe.export.seq_cls:
+            # The causal-LM format scores one document at a time over the whole vocabulary: only for comparison.
+            raise self.error(export_node, "export.seq_cls: false is not a pipeline format (use 'qconv export')")
+
+    def _check_datasets(self, root, recipe: Recipe) -> None:
+        from qconv.validate.datasets import DATASETS
+
+        kind = "pairs" if recipe.task == "embedding" else "rerank"
+        suitable = [name for name, spec in DATASETS.items() if spec.kind == kind]
+        steps = self._child(root, "validate")
+        for i, step in enumerate(recipe.validate):
+            if step.dataset not in suitable:
+                node = self._child(steps.value[i], "dataset")
+                message = f"'{step.dataset}' is not a dataset for {recipe.task} recipes ({', '.join(suitable)})"
+                raise self.error(node, f"validate[{i}].dataset: {message}")
+
+    @staticmethod
+    def _child(node, key: str):
+        for k, v in node.value:
+            if k.value == key:
+                return v
+        return None
+
+    def build(self, node, tp, where: str, what: str | None = None):
+        """Convert ``node`` to ``tp``; ``where`` is the dotted key path used in messages."""
+        import yaml
+
+        self.lines.setdefault(where, node.start_mark.line + 1)
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            if type(None) in args and isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+                return None
+            options = [a for a in args if a is not type(None)]
+            if len(options) == 1:
+                return self.build(node, options[0], where, what)
+            if all(dataclasses.is_dataclass(a) for a in options):
+                # The loader picks the member from context (export by task, stages by 'stage').
+                return node
+            raise TypeError(f"unsupported union {tp}")
+        if dataclasses.is_dataclass(tp):
+            return self._dataclass(node, tp, where, what)
+        if origin is Literal:
+            value = self._scalar(node, where)
+            if value not in args:
+                raise self.error(node, f"{where}: '{value}' is not one of {', '.join(map(str, args))}")
+            return value
+        if origin is list:
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.error(node, f"{where}: expected a list")
+            return [self.build(item, args[0], f"{where}[{i}]") for i, item in enumerate(node.value)]
+        if tp in (str, int, float, bool):
+            return self._typed_scalar(node, tp, where)
+        raise TypeError(f"unsupported schema type {tp}")
+
+    def _dataclass(self, node, tp, where: str, what: str | None):
+        import yaml
+
+        if tp is Recipe:
+            return self._recipe_fields(node)
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{where}: expected a mapping of {what or tp.__name__} options")
+        hints = typing.get_type_hints(tp)
+        fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(tp) if not f.metadata.get("internal")}
+        values: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key not in fields:
+                raise self.error(key_node, self._unknown(key, where, fields, what or tp.__name__))
+            values[fields[key].name] = self.build(value_node, hints[fields[key].name], f"{where}.{key}")
+        for key, f in fields.items():
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if required and f.name not in values:
+                raise self.error(node, f"{where}: missing required key '{key}'")
+        return tp(**values)
+
+    def _recipe_fields(self, node) -> Recipe:
+        import yaml
+
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, "a recipe is a mapping of keys (name, task, model, ...)")
+        hints = typing.get_type_hints(Recipe)
+        fields = {f.name: f for f in dataclasses.fields(Recipe) if not f.metadata.get("internal")}
+        values: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key not in fields:
+                raise self.error(key_node, self._unknown(key, "recipe", fields, "recipe"))
+            if key == "export":
+                continue  # needs the task: checked afterwards
+            if key == "stages":
+                values["stages"] = self._stages(value_node)
+            else:
+                values[key] = self.build(value_node, hints[key], key)
+        for key in ("name", "task", "model"):
+            if key not in values:
+                raise self.error(node, f"missing required key '{key}'")
+        return Recipe(**values)
+
+    def _stages(self, node) -> list:
+        import yaml
+
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.error(node, "stages: expected a list (e.g. '- stage: quantize')")
+        stages = []
+        for i, item in enumerate(node.value):
+            where = f"stages[{i}]"
+            if not isinstance(item, yaml.MappingNode):
+                raise self.error(item, f"{where}: expected a mapping with a 'stage' key")
+            kind_node = self._child(item, "stage")
+            if kind_node is None:
+                raise self.error(item, f"{where}: missing key 'stage' ({' | '.join(STAGES)})")
+            kind = kind_node.value
+            if kind not in STAGES:
+                hint = difflib.get_close_matches(str(kind), STAGES, n=1)
+                suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise self.error(kind_node, f"{where}.stage: unknown stage '{kind}' ({' | '.join(STAGES)}){suggestion}")
+            rest = yaml.MappingNode(item.tag, [(k, v) for k, v in item.value if k.value != "stage"], item.start_mark)
+            stages.append(self.build(rest, STAGES[kind], where, what=f"{kind} stage"))
+        return stages
+
+    @staticmethod
+    def _unknown(key: str, where: str, fields: dict, what: str) -> str:
+        hint = difflib.get_close_matches(str(key), list(fields), n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"unknown key '{key}' in {where} ({what} keys: {', '.join(fields)}){suggestion}"
+
+    def _scalar(self, node, where: str):
+        import yaml
+
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(node, f"{where}: expected a single value")
+        return yaml.safe_load(node.value) if node.style is None else node.value
+
+    def _typed_scalar(self, node, tp, where: str):
+        value = self._scalar(node, where)
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value, ok = str(value), True  # revisions and dataset splits may look numeric
+        if not ok:
+            shown = "null" if value is None else repr(value)
+            raise self.error(node, f"{where}: expected {tp.__name__}, got {shown}")
+        return value
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """The recipe as plain data (for the manifest and ``--dry-run``), YAML keys restored."""
+
+    def convert(obj):
+        if dataclasses.is_dataclass(obj):
+            out = {}
+            if isinstance(obj, tuple(STAGES.values())):
+                out["stage"] = next(k for k, v in STAGES.items() if isinstance(obj, v))
+            for f in dataclasses.fields(obj):
+                if not f.metadata.get("internal"):
+                    out[f.metadata.get("key", f.name)] = convert(getattr(obj, f.name))
+            return out
+        if isinstance(obj, list):
+            return [convert(v) for v in obj]
+        return obj
+
+    return convert(recipe)
