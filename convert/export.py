@@ -11,7 +11,7 @@ from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, v
 from qconv.console import console
 from qconv.errors import QconvError
 
-from .onnx_graph import export_module, release_weights
+from .onnx_graph import SKIPPED_EXPORTER_REWRITES, export_module, release_weights
 from .parity import ParityThresholds, compare_embedding_parity, embedding_reference, require_parity
 from .pooling import resolve_pooling
 from .source import SourceModel, load_config_dict, require_tokenizer, resolve_source
@@ -132,6 +132,7 @@ def export_embedding(
                 "export": {
                     "opset": opset,
                     "exporter": "torch.onnx dynamo",
+                    "exporter_rewrites_skipped": list(SKIPPED_EXPORTER_REWRITES),
                     "inputs": list(EMBEDDING_INPUTS),
                     "outputs": list(EMBEDDING_OUTPUTS),
                     "external_data": used_external,

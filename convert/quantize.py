@@ -7,7 +7,9 @@ then moves it into place and records the stage in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +29,24 @@ INT8_PRESETS = {
     "avx2": {"reduce_range": True},
     "arm64": {"reduce_range": False},
 }
+
+
+class _DropPreprocessAdvice(logging.Filter):
+    # onnxruntime logs this advice on the root logger for every model; qconv runs the pre-processing itself
+    # when the quantizer needs it (see Int8Dynamic.run), so the line only misleads.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def _without_preprocess_advice():
+    advice_filter = _DropPreprocessAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice_filter)
 
 
 def detect_preset() -> str:
@@ -105,7 +125,8 @@ class Int8Dynamic(QuantizationMode):
             **INT8_PRESETS[options.preset],
         )
         try:
-            quantize_dynamic(str(staged), str(out), **kwargs)
+            with _without_preprocess_advice():
+                quantize_dynamic(str(staged), str(out), **kwargs)
         except Exception as exc:
             # Graphs rewritten by ORT's optimizer lose value types that the quantizer's shape inference needs
             # ("Unable to find data type for weight_name"); ORT's pre-processing restores them.
@@ -116,7 +137,8 @@ class Int8Dynamic(QuantizationMode):
             )
             pre = work / "pre.onnx"
             quant_pre_process(str(staged), str(pre), skip_optimization=True, save_as_external_data=True)
-            quantize_dynamic(str(pre), str(out), **kwargs)
+            with _without_preprocess_advice():
+                quantize_dynamic(str(pre), str(out), **kwargs)
         quantized = onnx.load(str(out))
         info = {"preset": options.preset, "per_channel": options.per_channel, **INT8_PRESETS[options.preset]}
         if options.quantize_embeddings:

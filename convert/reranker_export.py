@@ -12,7 +12,7 @@ from qconv.errors import QconvError
 from qconv.rerank_template import PairEncoder
 
 from .export import DEFAULT_OPSET, ExportResult
-from .onnx_graph import export_module, release_weights
+from .onnx_graph import SKIPPED_EXPORTER_REWRITES, export_module, release_weights
 from .parity import compare_reranker_parity, require_reranker_parity, reranker_reference
 from .seqcls import (
     VERIFY_PAIRS,
@@ -186,6 +186,7 @@ def export_reranker(
                 "export": {
                     "opset": opset,
                     "exporter": "torch.onnx dynamo",
+                    "exporter_rewrites_skipped": list(SKIPPED_EXPORTER_REWRITES),
                     "inputs": list(RERANKER_INPUTS),
                     "outputs": ["logits"],
                     "external_data": used_external,

@@ -47,6 +47,7 @@ def test_layout_and_manifest(qwen3_artifact, tiny_qwen3):
     assert emb["pooling"] == "lasttoken" and emb["normalize"] is True and emb["padding_side"] == "left"
     assert emb["prompts"]["query"].startswith("Instruct: ")
     assert manifest["export"]["opset"] == 18
+    assert manifest["export"]["exporter_rewrites_skipped"] == ["SlicesSplit"]
     assert manifest["packages"]["torch"].startswith("2.13.0")
     assert manifest["packages"]["onnxruntime"]
     assert [s["stage"] for s in manifest["stages"]][0] == "export"
@@ -163,3 +164,40 @@ def test_matryoshka_truncation(qwen3_artifact, dim):
     vectors = Embedder(qwen3_artifact).encode(TEXTS, dim=dim)
     assert vectors.shape == (len(TEXTS), dim)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_exporter_optimizer_skips_the_quadratic_slice_rule(tiny_qwen3, tmp_path):
+    """Without onnxscript's SlicesSplit rule the exported graph is the same, node for node (see onnx_graph)."""
+    from onnxscript import rewriter
+
+    from qconv.convert.export import EMBEDDING_AXES, EMBEDDING_INPUTS, EMBEDDING_OUTPUTS
+    from qconv.convert.onnx_graph import export_module, exporter_rewrites_without
+    from qconv.convert.torch_embedding import build_embedding_module, load_base_model, load_tokenizer
+
+    def rule_names():
+        return [getattr(rule, "name", None) for rule in rewriter._DEFAULT_REWRITE_RULES]
+
+    default = rule_names()
+    with exporter_rewrites_without():
+        assert "SlicesSplit" not in rule_names() and len(rule_names()) == len(default) - 1
+    assert rule_names() == default
+
+    module = build_embedding_module(load_base_model(tiny_qwen3), "lasttoken", True)
+    example = load_tokenizer(tiny_qwen3)(["a short text", "a longer second text"], padding=True, return_tensors="pt")
+    graphs = {}
+    for label, skipped in (("skipped", ("SlicesSplit",)), ("default", ())):
+        path = tmp_path / label / "model.onnx"
+        export_module(
+            module,
+            (example["input_ids"], example["attention_mask"]),
+            path,
+            input_names=EMBEDDING_INPUTS,
+            output_names=EMBEDDING_OUTPUTS,
+            dynamic_axes=EMBEDDING_AXES,
+            opset=18,
+            external_data=False,
+            skip_rewrites=skipped,
+        )
+        graphs[label] = [(n.op_type, len(n.input)) for n in onnx.load(str(path)).graph.node]
+    assert graphs["skipped"] == graphs["default"]
+    assert any(op == "Slice" for op, _ in graphs["default"])  # the rule had candidates to try
