@@ -11,7 +11,7 @@ from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, v
 from qconv.console import console
 from qconv.errors import QconvError
 
-from .onnx_graph import SKIPPED_EXPORTER_REWRITES, export_module, release_weights
+from .onnx_graph import export_module, release_weights
 from .parity import ParityThresholds, compare_embedding_parity, embedding_reference, require_parity
 from .pooling import resolve_pooling
 from .source import SourceModel, load_config_dict, require_tokenizer, resolve_source
@@ -84,7 +84,7 @@ def export_embedding(
             example = tokenizer(
                 ["a short text", "a somewhat longer second text for shapes"], padding=True, return_tensors="pt"
             )
-            used_external = export_module(
+            exported = export_module(
                 module,
                 (example["input_ids"], example["attention_mask"]),
                 onnx_path,
@@ -132,13 +132,13 @@ def export_embedding(
                 "export": {
                     "opset": opset,
                     "exporter": "torch.onnx dynamo",
-                    "exporter_rewrites_skipped": list(SKIPPED_EXPORTER_REWRITES),
+                    "exporter_rewrites_skipped": list(exported.rewrites_skipped),
                     "inputs": list(EMBEDDING_INPUTS),
                     "outputs": list(EMBEDDING_OUTPUTS),
-                    "external_data": used_external,
+                    "external_data": exported.external_data,
                     "sentence_transformers_files": st_files,
                 },
-                "variants": {BASE_VARIANT: base_variant_entry(used_external)},
+                "variants": {BASE_VARIANT: base_variant_entry(exported.external_data)},
                 "stages": [
                     {
                         "stage": "export",

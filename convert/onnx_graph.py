@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,23 +35,29 @@ def external_data_name(onnx_file: Path) -> str:
 def exporter_rewrites_without(names: Sequence[str] = SKIPPED_EXPORTER_REWRITES):
     """While active, the exporter's optimizer (onnxscript ``optimize_ir``) runs its default rules minus ``names``.
 
-    ``optimize_ir`` reads the module-level default rule set at call time and offers no parameter for it; if a
-    future onnxscript moves it, this does nothing and the export is only slower.
+    Yields the names really removed. ``optimize_ir`` reads the module-level default rule set at call time and
+    offers no parameter for it; if a future onnxscript moves it, nothing is removed and the export is only slower.
     """
     try:
         from onnxscript import rewriter
 
         default_rules = rewriter._DEFAULT_REWRITE_RULES
     except (ImportError, AttributeError):
-        default_rules = None
-    if default_rules is None:
-        yield
+        yield ()
         return
-    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in default_rules if getattr(r, "name", None) not in names)
+    kept = tuple(r for r in default_rules if getattr(r, "name", None) not in names)
+    removed = tuple(r.name for r in default_rules if getattr(r, "name", None) in names)
+    rewriter._DEFAULT_REWRITE_RULES = kept
     try:
-        yield
+        yield removed
     finally:
         rewriter._DEFAULT_REWRITE_RULES = default_rules
+
+
+@dataclass(frozen=True)
+class ExportedGraph:
+    external_data: bool  # weights went to external data
+    rewrites_skipped: tuple[str, ...]  # exporter optimizer rules left out (recorded in the manifest)
 
 
 def export_module(
@@ -64,8 +71,8 @@ def export_module(
     opset: int,
     external_data: bool | None,
     skip_rewrites: Sequence[str] = SKIPPED_EXPORTER_REWRITES,
-) -> bool:
-    """Export with torch's dynamo exporter; returns whether weights went to external data."""
+) -> ExportedGraph:
+    """Export with torch's dynamo exporter."""
     import onnx_ir as ir
     import torch
 
@@ -86,7 +93,7 @@ def export_module(
         warnings.catch_warnings(),
         contextlib.redirect_stdout(chatter),
         contextlib.redirect_stderr(chatter),
-        exporter_rewrites_without(skip_rewrites),
+        exporter_rewrites_without(skip_rewrites) as rewrites_skipped,
     ):
         warnings.simplefilter("ignore")
         try:
@@ -110,7 +117,7 @@ def export_module(
         value.const_value = None
     del program
     check_onnx_file(path)
-    return bool(external_data)
+    return ExportedGraph(bool(external_data), rewrites_skipped)
 
 
 def release_weights(module) -> None:

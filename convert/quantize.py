@@ -124,20 +124,19 @@ class Int8Dynamic(QuantizationMode):
             extra_options={"MatMulConstBOnly": True},
             **INT8_PRESETS[options.preset],
         )
-        try:
-            with _without_preprocess_advice():
+        with _without_preprocess_advice():
+            try:
                 quantize_dynamic(str(staged), str(out), **kwargs)
-        except Exception as exc:
-            # Graphs rewritten by ORT's optimizer lose value types that the quantizer's shape inference needs
-            # ("Unable to find data type for weight_name"); ORT's pre-processing restores them.
-            from onnxruntime.quantization.shape_inference import quant_pre_process
+            except Exception as exc:
+                # Graphs rewritten by ORT's optimizer lose value types that the quantizer's shape inference
+                # needs ("Unable to find data type for weight_name"); ORT's pre-processing restores them.
+                from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            console.print(
-                f"[yellow]quantize_dynamic failed ({one_line(exc, 120)}); retrying after quant_pre_process[/]"
-            )
-            pre = work / "pre.onnx"
-            quant_pre_process(str(staged), str(pre), skip_optimization=True, save_as_external_data=True)
-            with _without_preprocess_advice():
+                console.print(
+                    f"[yellow]quantize_dynamic failed ({one_line(exc, 120)}); retrying after quant_pre_process[/]"
+                )
+                pre = work / "pre.onnx"
+                quant_pre_process(str(staged), str(pre), skip_optimization=True, save_as_external_data=True)
                 quantize_dynamic(str(pre), str(out), **kwargs)
         quantized = onnx.load(str(out))
         info = {"preset": options.preset, "per_channel": options.per_channel, **INT8_PRESETS[options.preset]}

@@ -12,7 +12,7 @@ from qconv.errors import QconvError
 from qconv.rerank_template import PairEncoder
 
 from .export import DEFAULT_OPSET, ExportResult
-from .onnx_graph import SKIPPED_EXPORTER_REWRITES, export_module, release_weights
+from .onnx_graph import export_module, release_weights
 from .parity import compare_reranker_parity, require_reranker_parity, reranker_reference
 from .seqcls import (
     VERIFY_PAIRS,
@@ -127,7 +127,7 @@ def export_reranker(
             from qconv.rerank_template import pad_batch
 
             ids, mask = pad_batch(sequences[:2], pad_id, "left")
-            used_external = export_module(
+            exported = export_module(
                 module,
                 (torch.from_numpy(ids), torch.from_numpy(mask)),
                 onnx_path,
@@ -186,12 +186,12 @@ def export_reranker(
                 "export": {
                     "opset": opset,
                     "exporter": "torch.onnx dynamo",
-                    "exporter_rewrites_skipped": list(SKIPPED_EXPORTER_REWRITES),
+                    "exporter_rewrites_skipped": list(exported.rewrites_skipped),
                     "inputs": list(RERANKER_INPUTS),
                     "outputs": ["logits"],
-                    "external_data": used_external,
+                    "external_data": exported.external_data,
                 },
-                "variants": {BASE_VARIANT: base_variant_entry(used_external)},
+                "variants": {BASE_VARIANT: base_variant_entry(exported.external_data)},
                 "stages": [
                     {
                         "stage": "export",

@@ -178,7 +178,8 @@ def test_exporter_optimizer_skips_the_quadratic_slice_rule(tiny_qwen3, tmp_path)
         return [getattr(rule, "name", None) for rule in rewriter._DEFAULT_REWRITE_RULES]
 
     default = rule_names()
-    with exporter_rewrites_without():
+    with exporter_rewrites_without() as removed:
+        assert removed == ("SlicesSplit",)
         assert "SlicesSplit" not in rule_names() and len(rule_names()) == len(default) - 1
     assert rule_names() == default
 
@@ -187,7 +188,7 @@ def test_exporter_optimizer_skips_the_quadratic_slice_rule(tiny_qwen3, tmp_path)
     graphs = {}
     for label, skipped in (("skipped", ("SlicesSplit",)), ("default", ())):
         path = tmp_path / label / "model.onnx"
-        export_module(
+        exported = export_module(
             module,
             (example["input_ids"], example["attention_mask"]),
             path,
@@ -198,6 +199,7 @@ def test_exporter_optimizer_skips_the_quadratic_slice_rule(tiny_qwen3, tmp_path)
             external_data=False,
             skip_rewrites=skipped,
         )
+        assert exported.rewrites_skipped == skipped and exported.external_data is False
         graphs[label] = [(n.op_type, len(n.input)) for n in onnx.load(str(path)).graph.node]
     assert graphs["skipped"] == graphs["default"]
     assert any(op == "Slice" for op, _ in graphs["default"])  # the rule had candidates to try
