@@ -7,7 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, variant_file, write_new_manifest
+from qconv.artifact import (
+    BASE_VARIANT,
+    base_variant_entry,
+    check_output_dir,
+    staged_directory,
+    variant_file,
+    write_new_manifest,
+)
 from qconv.console import console
 from qconv.errors import QconvError
 
@@ -62,6 +69,9 @@ def export_embedding(
 ) -> ExportResult:
     started = time.perf_counter()
     source = resolve_source(model, revision)
+    target = Path(output) if output else Path("artifacts") / source.name
+    # Before any loading: never replace the source model, its parent or a folder qconv did not make.
+    check_output_dir(target, overwrite=overwrite, protected=[source.path])
     config = load_config_dict(source.path)
     model_type = config.get("model_type")
     if not model_type:
@@ -74,11 +84,10 @@ def export_embedding(
     max_length = resolve_max_length(source.path, tokenizer, config, spec)
     st_config, prompts_source = source_prompts(source.path, spec.default_prompts)
     dimension = int(config["hidden_size"])
-    target = Path(output) if output else Path("artifacts") / source.name
 
     with console.status(f"loading {source.id}"):
         module = build_embedding_module(load_base_model(source.path), choice.mode, normalize)
-    with staged_directory(target, overwrite=overwrite) as tmp:
+    with staged_directory(target, overwrite=overwrite, protected=[source.path]) as tmp:
         onnx_path = tmp / variant_file(BASE_VARIANT)
         with console.status(f"exporting {source.name} to ONNX (opset {opset})"):
             example = tokenizer(

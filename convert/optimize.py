@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qconv.artifact import Artifact, variant_file
+from qconv.artifact import Artifact, new_build_id, variant_file
 from qconv.console import console
 from qconv.errors import QconvError, one_line
 
@@ -224,7 +224,7 @@ def optimize(
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
     spec = resolve_level(level, target)
     variant = optimized_variant(spec.name, target, source_variant)
-    src = art.variant_path(source_variant)
+    src = art.variant_path(source_variant, verify=True)
     if art.variants[source_variant].get("precision", "fp32") != "fp32":
         precision = art.variants[source_variant]["precision"]
         raise QconvError(f"variant '{source_variant}' is {precision}; optimize an fp32 variant")
@@ -273,7 +273,7 @@ def optimize(
                     f"finite={parity['finite']}); nothing was written"
                 )
             check = check_staged(art, variant, staged, precision, lambda name: check_variant(art, name, source_variant))
-        install_staged(staged, target_file)
+        install_staged(art, staged, target_file)
 
     facts = file_facts(target_file)
     placement = _placement(target_file, target)
@@ -283,6 +283,7 @@ def optimize(
             report["note"] = SILU_NOTE
     entry = {
         "file": variant_file(variant),
+        "build_id": new_build_id(),
         "precision": precision,
         "stage": "optimize",
         "level": spec.name,

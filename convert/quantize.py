@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from qconv.artifact import Artifact, variant_file
+from qconv.artifact import Artifact, new_build_id, variant_file
 from qconv.console import console
 from qconv.errors import QconvError, one_line
 
@@ -317,7 +317,7 @@ def quantize(
     options = options or QuantizeOptions()
     variant = quantized_variant(mode, source_variant, options)
     spec = MODES[mode]
-    src = art.variant_path(source_variant)
+    src = art.variant_path(source_variant, verify=True)
     source_precision = art.variants[source_variant].get("precision", "fp32")
     if source_precision != "fp32":
         raise QconvError(f"variant '{source_variant}' is {source_precision}; quantize from an fp32 variant")
@@ -345,12 +345,13 @@ def quantize(
         )
         if not check["finite"]:
             raise QconvError(f"{variant} produces NaN or Inf on built-in inputs; nothing was written")
-        install_staged(staged, target)
+        install_staged(art, staged, target)
 
     facts = file_facts(target)
     size = facts["size_bytes"]
     entry = {
         "file": variant_file(variant),
+        "build_id": new_build_id(),
         "precision": spec.precision,
         "stage": "quantize",
         "mode": mode,

@@ -6,7 +6,14 @@ import shutil
 import time
 from pathlib import Path
 
-from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, variant_file, write_new_manifest
+from qconv.artifact import (
+    BASE_VARIANT,
+    base_variant_entry,
+    check_output_dir,
+    staged_directory,
+    variant_file,
+    write_new_manifest,
+)
 from qconv.console import console
 from qconv.errors import QconvError
 from qconv.rerank_template import PairEncoder
@@ -91,6 +98,9 @@ def export_reranker(
     encoder = PairEncoder(fast, spec.template, max_length)
     pad_id = hf_tokenizer.pad_token_id
     fmt = "seq-cls" if seq_cls else "causal-lm"
+    target = Path(output) if output else Path("artifacts") / f"{source.name}-{fmt}"
+    # Before any loading: never replace the source model, its parent or a folder qconv did not make.
+    check_output_dir(target, overwrite=overwrite, protected=[source.path])
     if not seq_cls:
         console.print(
             "[yellow]warning: exporting the causal-LM format: full-vocabulary logits for every position, "
@@ -117,8 +127,7 @@ def export_reranker(
             f"{conversion['max_abs_diff']:.2e} over {conversion['pairs']} pairs, left and right padding"
         )
 
-    target = Path(output) if output else Path("artifacts") / f"{source.name}-{fmt}"
-    with staged_directory(target, overwrite=overwrite) as tmp:
+    with staged_directory(target, overwrite=overwrite, protected=[source.path]) as tmp:
         onnx_path = tmp / variant_file(BASE_VARIANT)
         sequences = [encoder.encode(q, d) for q, d in VERIFY_PAIRS]
         with console.status(f"exporting {source.name} ({fmt}) to ONNX (opset {opset})"):

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
 
-from qconv.artifact import ONNX_DIR, Artifact
+from qconv.artifact import ONNX_DIR, Artifact, clean_artifact_staging, staging_prefix
 
 from .onnx_graph import EXTERNAL_DATA_THRESHOLD, external_data_name
 
@@ -56,8 +56,10 @@ def op_counts(path: Path) -> dict[str, int]:
 
 @contextlib.contextmanager
 def staging_dir(art: Artifact, prefix: str) -> Iterator[Path]:
-    """A temporary directory inside the artifact's ``onnx/`` (same filesystem: the final move is a rename)."""
-    work = Path(tempfile.mkdtemp(prefix=f".{prefix}-", dir=art.path / ONNX_DIR))
+    """A temporary directory inside the artifact's ``onnx/`` (same filesystem: the final move is a rename).
+    What interrupted writers left there before is removed first."""
+    clean_artifact_staging(art.path)
+    work = Path(tempfile.mkdtemp(prefix=staging_prefix(prefix), dir=art.path / ONNX_DIR))
     try:
         yield work
     finally:
@@ -74,8 +76,9 @@ def check_staged(art: Artifact, variant: str, staged: Path, precision: str, chec
         del art.variants[name]
 
 
-def install_staged(staged: Path, target: Path) -> None:
-    """Replace ``target`` (and its external data) with the staged file (and its external data)."""
+def install_staged(art: Artifact, staged: Path, target: Path) -> None:
+    """Replace ``target`` (and its external data) with the staged file (and its external data), and record
+    the new files' hashes (this stage wrote them)."""
     for path in (target, target.parent / external_data_name(target)):
         if path.exists():
             path.unlink()
@@ -85,6 +88,8 @@ def install_staged(staged: Path, target: Path) -> None:
             os.replace(produced, target.parent / name)
             # Some writers create their files 0600 (tempfile): give the variant the same mode as its siblings.
             os.chmod(target.parent / name, 0o666 & ~_umask())
+    rels = [p.relative_to(art.path).as_posix() for p in (target, target.parent / external_data_name(target))]
+    art.record_files(*rels)
 
 
 def _umask() -> int:

@@ -99,7 +99,7 @@ def bench(
         else ([v.strip() for v in variants.split(",")] if isinstance(variants, str) else list(variants))
     )
     for v in chosen:
-        art.variant_path(v)
+        art.variant_path(v, verify=True)
     if baseline not in ("torch", "none"):
         raise QconvError(f"unknown --baseline '{baseline}' (choose torch, none)")
     if repeats < 1 or warmup < 0:
@@ -228,18 +228,17 @@ def bench(
         "unit": "pairs/s" if reranker else "texts/s",
         "rows": rows,
     }
-    reports = art.reports_dir()
-    write_json_atomic(reports / "bench.json", result)
-    (reports / "bench.md").write_text(render_markdown(result), encoding="utf-8")
-    _plot(reports / "bench.png", result)
-    art.manifest["bench"] = {
-        "report": "reports/bench.json",
-        "created": result["created"],
-        "threads": threads,
-        "notes": notes,
-    }
-    art.add_stage({"stage": "bench", "runtimes": [label for label, _, _ in runs], "shapes": shapes})
-    art.save()
+    with art.staged_outputs() as stage:  # the reports and the manifest in one step
+        write_json_atomic(stage / "bench.json", result)
+        (stage / "bench.md").write_text(render_markdown(result), encoding="utf-8")
+        _plot(stage / "bench.png", result)
+        art.manifest["bench"] = {
+            "report": "reports/bench.json",
+            "created": result["created"],
+            "threads": threads,
+            "notes": notes,
+        }
+        art.add_stage({"stage": "bench", "runtimes": [label for label, _, _ in runs], "shapes": shapes})
     console.print(render_markdown(result))
     return result
 

@@ -89,7 +89,17 @@ def stale_validations(art: Artifact) -> set[tuple[str, str]]:
             checked[(variant, stage.get("dataset"))] = index
         elif name not in _NON_BUILD_STAGES and variant is not None:
             built[variant] = index
-    return {key for key, index in checked.items() if built.get(key[0], -1) > index}
+    stale = {key for key, index in checked.items() if built.get(key[0], -1) > index}
+    # A validation names the graph it ran on by its recorded hashes: any other graph there now is unvalidated.
+    for variant, results in (art.manifest.get("validation") or {}).items():
+        if variant not in art.variants:
+            continue
+        current = {rel: art.files.get(rel) for rel in art.variant_files(variant)}
+        for dataset, summary in results.items():
+            validated = summary.get("variant_sha256")
+            if validated is not None and validated != current:
+                stale.add((variant, dataset))
+    return stale
 
 
 class _CardData:
@@ -798,20 +808,29 @@ def parse_card_metadata(text: str) -> dict:
     return yaml.safe_load(front) or {}
 
 
-def write_model_card(art: Artifact, model_id: str | None = None, base_model: str | None = None) -> Path:
+def write_model_card(
+    art: Artifact, model_id: str | None = None, base_model: str | None = None, verify: bool = True
+) -> Path:
     """Write ``<artifact>/README.md`` atomically and record a ``card`` stage (nothing changes when the card
-    is already up to date). ``model_id`` and ``base_model`` are remembered in the manifest for later cards."""
+    is already up to date). ``model_id`` and ``base_model`` are remembered in the manifest for later cards.
+
+    ``verify``: first check that every file the card describes still has the hash its stage recorded: a
+    card must not claim a validation "pass" for a graph that was damaged or deleted since."""
+    if verify:
+        art.require_intact([rel for rel in art.files if rel != CARD_FILE], "the model card describes a changed file")
     settings = art.manifest.setdefault("card", {})
     given = {k: v for k, v in (("model_id", model_id), ("base_model", base_model)) if v}
     settings_changed = any(settings.get(k) != v for k, v in given.items())
     settings.update(given)
     text = render_model_card(art)
     path = art.path / CARD_FILE
-    if path.is_file() and CARD_FILE in art.manifest.get("files", {}) and path.read_text(encoding="utf-8") == text:
+    if path.is_file() and CARD_FILE not in art.changed_files([CARD_FILE]) and path.read_text(encoding="utf-8") == text:
         if settings_changed:
             art.save()
         return path
-    write_text_atomic(path, text)
-    art.add_stage({"stage": "card", "file": CARD_FILE, "model_id": settings.get("model_id") or hub_repo_of(art)})
-    art.save()
+    # The card records the hash of the file it writes, and only that one: every other file keeps the hash
+    # its own stage recorded, so a damaged graph is still caught by publish.
+    with art.staged_outputs("") as stage:
+        write_text_atomic(stage / CARD_FILE, text)
+        art.add_stage({"stage": "card", "file": CARD_FILE, "model_id": settings.get("model_id") or hub_repo_of(art)})
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -148,8 +149,13 @@ def quantize(
     from qconv.artifact import find_artifact
     from qconv.convert.quantize import QuantizeOptions
     from qconv.convert.quantize import quantize as run_quantize
+    from qconv.validate.runner import check_validation_request
 
     art = find_artifact(artifact)
+    if limit is not None and not datasets:
+        raise QconvError("--limit applies only with --validate")
+    for dataset in datasets:  # every argument is checked before the variant is written
+        check_validation_request(art, dataset, limit)
     options = QuantizeOptions(
         per_channel=not per_tensor,
         preset=preset,
@@ -477,15 +483,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("QCONV_DEBUG"):
+            return _internal_error(exc)
+        # The machine, not qconv: a full disk, a read-only or forbidden path. Say which path and why.
+        where = f" {exc.filename}" if exc.filename else ""
+        click.echo(f"error: cannot write{where}: {exc.strerror or one_line(exc)}", err=True)
+        return 2
     except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
-        if os.environ.get("QCONV_DEBUG"):
-            raise
-        click.echo(
-            f"error: internal error: {type(exc).__name__}: {one_line(exc)} (set QCONV_DEBUG=1 for the traceback)",
-            err=True,
-        )
-        return 3
+        return _internal_error(exc)
     return 0
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _internal_error(exc: BaseException) -> int:
+    if os.environ.get("QCONV_DEBUG"):
+        raise exc
+    click.echo(
+        f"error: internal error: {type(exc).__name__}: {one_line(exc)} (set QCONV_DEBUG=1 for the traceback)",
+        err=True,
+    )
+    return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,7 @@ unless forced. The Hub token is read from ``HF_TOKEN`` only, and is never printe
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -19,8 +20,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .artifact import MANIFEST, Artifact, sha256_file, staged_directory
-from .card import CARD_FILE, human_size, stale_validations, write_model_card
+from .artifact import (
+    MANIFEST,
+    Artifact,
+    check_output_dir,
+    clean_artifact_staging,
+    clean_stale_staging,
+    staged_directory,
+    staging_prefix,
+)
+from .card import CARD_FILE, human_size, render_model_card, stale_validations, write_model_card
 from .console import console
 from .errors import QconvError, one_line
 
@@ -87,19 +96,21 @@ def check_publishable(art: Artifact, force: bool = False) -> list[str]:
     return problems
 
 
-def verify_files(art: Artifact, force: bool = False) -> None:
-    """Every recorded file exists and still has the hash the manifest holds (else a changed file would be
-    published under validation results that no longer describe it)."""
-    recorded = art.manifest.get("files") or {}
-    changed = []
-    for rel in publishable_files(art):
-        if rel in (MANIFEST, CARD_FILE):
-            continue
-        path = art.path / rel
-        if not path.is_file():
-            raise QconvError(f"{rel} is recorded in {art.name}'s manifest but missing from {art.path}")
-        if sha256_file(path) != recorded[rel]:
-            changed.append(rel)
+def verify_files(art: Artifact, force: bool = False, dry_run: bool = False) -> None:
+    """Every recorded file exists and still has the hash its stage recorded, and every variant's graph is
+    recorded (else a changed, truncated or deleted file would be published under validation results that no
+    longer describe it). Publishing verifies; it never re-records a hash."""
+    unrecorded = [v for v in sorted(art.variants) if art.variants[v].get("file") not in art.files]
+    if unrecorded:
+        raise QconvError(
+            f"variant {', '.join(unrecorded)} of {art.name} has no recorded hash in the manifest; "
+            f"rebuild it with the stage that makes it"
+        )
+    rels = [rel for rel in publishable_files(art) if rel not in (MANIFEST, CARD_FILE)]
+    missing = [rel for rel in rels if not (art.path / rel).is_file()]
+    if missing:
+        raise QconvError(f"{', '.join(missing)} is recorded in {art.name}'s manifest but missing from {art.path}")
+    changed = art.changed_files(rels, remember=not dry_run)
     if changed and not force:
         raise QconvError(
             f"{', '.join(changed)} changed since qconv recorded {'it' if len(changed) == 1 else 'them'} in "
@@ -107,34 +118,51 @@ def verify_files(art: Artifact, force: bool = False) -> None:
         )
 
 
-def published_manifest(art: Artifact, rels: list[str]) -> bytes:
-    """The manifest as published: its ``files`` narrowed to the files that are published with it."""
+def published_manifest(art: Artifact, rels: list[str], card_text: str | None = None) -> bytes:
+    """The manifest as published: its ``files`` narrowed to the files that are published with it (and the
+    hash of the card that is published, when it was rendered for this publication only)."""
     manifest = dict(art.manifest)
-    manifest["files"] = {k: v for k, v in (art.manifest.get("files") or {}).items() if k in set(rels)}
+    files = {k: v for k, v in (art.manifest.get("files") or {}).items() if k in set(rels)}
+    if card_text is not None:
+        files[CARD_FILE] = hashlib.sha256(card_text.encode("utf-8")).hexdigest()
+    manifest["files"] = dict(sorted(files.items()))
     return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 class _Bundle:
-    """What one publication holds: the relative paths, the published manifest, and each file's size."""
+    """What one publication holds: the relative paths, the published manifest, and each file's size.
 
-    def __init__(self, art: Artifact):
+    ``card_text``: a card rendered in memory (a dry run writes nothing, not even the card)."""
+
+    def __init__(self, art: Artifact, card_text: str | None = None):
         self.art = art
-        self.rels = publishable_files(art)
-        self.manifest = published_manifest(art, self.rels)
+        self.card = card_text.encode("utf-8") if card_text is not None else None
+        self.rels = sorted(set(publishable_files(art)) | ({CARD_FILE} if card_text is not None else set()))
+        self.manifest = published_manifest(art, self.rels, card_text)
+
+    def _in_memory(self, rel: str) -> bytes | None:
+        if rel == MANIFEST:
+            return self.manifest
+        if rel == CARD_FILE and self.card is not None:
+            return self.card
+        return None
 
     @property
     def files(self) -> list[tuple[str, int]]:
-        return [
-            (rel, len(self.manifest) if rel == MANIFEST else (self.art.path / rel).stat().st_size) for rel in self.rels
-        ]
+        sizes = []
+        for rel in self.rels:
+            data = self._in_memory(rel)
+            sizes.append((rel, len(data) if data is not None else (self.art.path / rel).stat().st_size))
+        return sizes
 
     def fill(self, target: Path, link: bool = False) -> None:
         """Copy (or hard-link, falling back to a copy) the files into ``target``."""
         for rel in self.rels:
             dst = target / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if rel == MANIFEST:
-                dst.write_bytes(self.manifest)
+            data = self._in_memory(rel)
+            if data is not None:
+                dst.write_bytes(data)
                 continue
             src = self.art.path / rel
             if link:
@@ -155,16 +183,18 @@ class _Bundle:
             return info
 
         destination.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        clean_stale_staging(destination.parent)  # only pid-named staging: never a user's file
+        fd, tmp = tempfile.mkstemp(prefix=staging_prefix(destination.name), suffix=".tmp", dir=destination.parent)
         os.close(fd)
         try:
             with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
                 for rel in self.rels:
-                    if rel == MANIFEST:
+                    data = self._in_memory(rel)
+                    if data is not None:
                         info = clean(tarfile.TarInfo(f"{root}/{rel}"))
-                        info.size, info.mode = len(self.manifest), 0o644
+                        info.size, info.mode = len(data), 0o644
                         info.mtime = int((self.art.path / MANIFEST).stat().st_mtime)
-                        tar.addfile(info, io.BytesIO(self.manifest))
+                        tar.addfile(info, io.BytesIO(data))
                     else:
                         tar.add(self.art.path / rel, arcname=f"{root}/{rel}", recursive=False, filter=clean)
             os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary file, not the archive
@@ -174,10 +204,13 @@ class _Bundle:
             raise
 
 
-def _prepare(art: Artifact, force: bool, model_id: str | None = None) -> _Bundle:
-    """After the validation check: the files still match the manifest, a fresh card, the bundle."""
-    verify_files(art, force)
-    write_model_card(art, model_id=model_id)
+def _prepare(art: Artifact, force: bool, model_id: str | None = None, dry_run: bool = False) -> _Bundle:
+    """After the validation check: the files still match the manifest, a fresh card, the bundle. A dry run
+    renders the card in memory and writes nothing."""
+    verify_files(art, force, dry_run)
+    if dry_run:
+        return _Bundle(art, card_text=render_model_card(art, model_id=model_id))
+    write_model_card(art, model_id=model_id, verify=False)  # verified just above (or forced)
     return _Bundle(art)
 
 
@@ -211,18 +244,17 @@ def publish_to_dir(
     """A clean, publishable copy of ``art`` in ``to`` (a ``.tar.gz`` when ``archive`` or ``to`` ends so)."""
     art = art if isinstance(art, Artifact) else Artifact(art)
     tarball = _archive_path(Path(to), archive)
-    destination = (tarball or Path(to)).resolve()
+    destination = (tarball or Path(to)).expanduser().resolve()
     if destination == art.path or art.path in destination.parents:
         raise QconvError(f"--to {destination} is inside the artifact {art.path}; choose a path outside it")
-    if destination.exists():
-        if destination.is_dir() == (tarball is not None):
-            raise QconvError(
-                f"{destination} is {'a directory' if destination.is_dir() else 'a file'}; pass another --to"
-            )
-        if not overwrite and (tarball is not None or any(destination.iterdir())):
-            raise QconvError(f"{destination} already exists and is not empty (pass --overwrite to replace it)")
+    if tarball is not None:
+        check_archive_target(destination, overwrite=overwrite, protected=[art.path])
+    else:
+        # --overwrite replaces only a copy qconv published (its manifest records every file in it), never the
+        # artifact's parent, the artifact itself or a folder of the user's.
+        check_output_dir(destination, overwrite=overwrite, protected=[art.path])
     check_publishable(art, force)
-    bundle = _prepare(art, force)
+    bundle = _prepare(art, force, dry_run=dry_run)
     files = bundle.files
     if dry_run:
         print_file_list(files, f"would write {len(files)} files to {destination}:")
@@ -230,7 +262,7 @@ def publish_to_dir(
     if tarball is not None:
         bundle.write_archive(destination)
     else:
-        with staged_directory(destination, overwrite=overwrite) as tmp:
+        with staged_directory(destination, overwrite=overwrite, protected=[art.path]) as tmp:
             bundle.fill(tmp)
             tmp.chmod(0o755)  # mkdtemp's 0700 is for staging, not for a copy meant to be shared
     kind = "archive" if tarball is not None else "dir"
@@ -238,6 +270,30 @@ def publish_to_dir(
     _record(art, {"target": kind, "path": str(destination), "files": len(files), "bytes": total})
     console.print(f"[green]published[/] {len(files)} files ({human_size(total)}) to {destination}", soft_wrap=True)
     return PublishResult(kind, str(destination), files)
+
+
+def check_archive_target(destination: Path, *, overwrite: bool, protected: list[Path]) -> None:
+    """An archive may replace only an archive qconv wrote (one top-level folder holding a qconv.json)."""
+    for path in protected:
+        if path in destination.parents:
+            raise QconvError(f"--to {destination} is inside {path}; choose a path outside it")
+    if not destination.exists():
+        return
+    if destination.is_dir():
+        raise QconvError(f"{destination} is a directory; pass another --to")
+    if not overwrite:
+        raise QconvError(f"{destination} already exists and is not empty (pass --overwrite to replace it)")
+    try:
+        with tarfile.open(destination, "r:gz") as tar:
+            names = tar.getnames()
+    except (OSError, tarfile.TarError, EOFError):
+        names = []
+    roots = {PurePosixPath(n).parts[0] for n in names if PurePosixPath(n).parts}
+    if len(roots) != 1 or f"{next(iter(roots))}/{MANIFEST}" not in names:
+        raise QconvError(
+            f"refusing to replace {destination}: it is not an archive qconv published (no {MANIFEST} inside); "
+            f"remove it yourself or choose another --to"
+        )
 
 
 def hub_token() -> str:
@@ -270,7 +326,7 @@ def publish_to_hub(
         raise QconvError(f"--repo-id must look like ORG/NAME, got '{repo_id}'")
     check_publishable(art, force)
     token = None if dry_run else hub_token()
-    bundle = _prepare(art, force, model_id=repo_id)
+    bundle = _prepare(art, force, model_id=repo_id, dry_run=dry_run)
     files = bundle.files
     total = sum(s for _, s in files)
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
@@ -282,7 +338,8 @@ def publish_to_hub(
 
     from . import __version__
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{art.name}.publish-", dir=art.path.parent))
+    clean_artifact_staging(art.path)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(f"{art.name}.publish"), dir=art.path.parent))
     try:
         bundle.fill(staging, link=True)
         api = HfApi(token=token)

@@ -64,19 +64,26 @@ class Context:
         """The recorded hashes of a variant's graph and external data (None: the variant is not there yet)."""
         if not self.art or variant not in self.art.variants:
             return None
-        graph = self.art.variants[variant]["file"]
-        files = self.art.manifest.get("files", {})
-        hashes = {k: v for k, v in files.items() if k == graph or k.startswith(graph + "_data")}
-        return hashes or None
+        hashes = {rel: self.art.files.get(rel) for rel in self.art.variant_files(variant)}
+        return hashes if all(hashes.values()) else None
+
+    def variant_build(self, variant: str) -> dict | None:
+        """What identifies one build of a variant: its files' hashes and the build's id (a rebuild, even a
+        byte-identical one, re-runs what was measured on the variant)."""
+        hashes = self.variant_hashes(variant)
+        return {"files": hashes, "build_id": self.art.variants[variant].get("build_id")} if hashes else None
 
     def intact(self, hashes: dict[str, str] | None) -> bool:
+        """The files exist and still have the hashes their stages recorded."""
         if not hashes or not self.art:
             return False
-        for rel, digest in hashes.items():
-            path = self.art.path / rel
-            if not path.is_file() or sha256_file(path) != digest:
-                return False
-        return True
+        return all(self.art.files.get(rel) == digest for rel, digest in hashes.items()) and not self.art.changed_files(
+            list(hashes)
+        )
+
+    def reports_intact(self, *rels: str) -> bool:
+        """Reports exist with their recorded hashes (a report replaced with junk is made again)."""
+        return bool(self.art) and all(rel in self.art.files for rel in rels) and not self.art.changed_files(list(rels))
 
 
 def recipe_identity(recipe: Recipe) -> dict:
@@ -203,7 +210,7 @@ class ValidateVariantStep(Step):
         return f"validate {self.variant} on {self.step.dataset}{limit}"
 
     def fingerprint(self, ctx: Context) -> str | None:
-        inputs = ctx.variant_hashes(self.variant)
+        inputs = ctx.variant_build(self.variant)
         if not inputs:
             return None
         data = data_file(ctx, self.step.dataset)
@@ -222,7 +229,7 @@ class ValidateVariantStep(Step):
         return (
             ctx.fingerprints().get(self.id) == fingerprint
             and summary is not None
-            and (ctx.art.path / summary["report"]).is_file()
+            and ctx.reports_intact(summary["report"])
         )
 
     def run(self, ctx: Context) -> None:
@@ -275,8 +282,8 @@ class FallbackVariantStep(Step):
         return digest({"inputs": inputs, "providers": self.providers}) if inputs else None
 
     def done(self, ctx: Context, fingerprint: str) -> bool:
-        report = ctx.art.path / "reports" / f"fallback-{self.variant}.json"
-        return ctx.fingerprints().get(self.id) == fingerprint and report.is_file()
+        report = f"reports/fallback-{self.variant}.json"
+        return ctx.fingerprints().get(self.id) == fingerprint and ctx.reports_intact(report)
 
     def run(self, ctx: Context) -> None:
         from qconv.validate.placement import fallback_report
@@ -302,7 +309,7 @@ class CardStep(Step):
         return digest(steps)
 
     def done(self, ctx: Context, fingerprint: str) -> bool:
-        return ctx.fingerprints().get(self.id) == fingerprint and (ctx.art.path / "README.md").is_file()
+        return ctx.fingerprints().get(self.id) == fingerprint and ctx.reports_intact("README.md")
 
     def run(self, ctx: Context) -> None:
         from .card import write_model_card
@@ -559,10 +566,9 @@ def _cell(r: dict, markdown: bool = False) -> str:
 def write_summary(ctx: Context, result: dict) -> None:
     from .artifact import write_json_atomic, write_text_atomic
 
-    reports = ctx.art.reports_dir()
-    write_json_atomic(reports / "recipe-summary.json", result)
-    write_text_atomic(reports / "recipe-summary.md", summary_markdown(result))
-    ctx.art.save()
+    with ctx.art.staged_outputs() as stage:
+        write_json_atomic(stage / "recipe-summary.json", result)
+        write_text_atomic(stage / "recipe-summary.md", summary_markdown(result))
 
 
 def validation_summary(ctx: Context, steps: list[Step]) -> list[dict]:

@@ -123,14 +123,19 @@ def test_artifact_without_manifest(run_cli, tmp_path):
 
 
 def test_corrupt_onnx_in_a_real_process(artifact_copy):
+    from qconv.artifact import Artifact
+
     (artifact_copy / "onnx" / "model.onnx").write_bytes(b"this is not a protobuf")
     script = Path(sys.executable).parent / "qconv"
-    proc = subprocess.run(
-        [str(script), "validate", str(artifact_copy), "--dataset", "sts12", "--limit", "10"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    command = [str(script), "validate", str(artifact_copy), "--dataset", "sts12", "--limit", "10"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # Damaged after its stage recorded it: caught by the integrity check before anything reads it.
+    assert_one_line_error(proc.returncode, proc.stderr, "onnx/model.onnx changed since qconv recorded it")
+    # Corrupt as written (its hash recorded as it is): onnxruntime's refusal is still one line.
+    art = Artifact(artifact_copy)
+    art.record_files("onnx/model.onnx")
+    art.save()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc.returncode, proc.stderr, "onnxruntime cannot load", "model.onnx")
 
 

@@ -92,30 +92,32 @@ def fallback_report(
     provider_list = parse_providers(providers)
     chosen = variants or ["model"]
     for variant in chosen:
-        art.variant_path(variant)
-    results = []
-    for variant in chosen:
-        with console.status(f"placement of {variant} on {', '.join(provider_list)}"):
-            result = placement(art, variant, provider_list, runtime)
-        stem = art.reports_dir() / f"fallback-{variant}"
-        write_json_atomic(stem.with_suffix(".json"), result)
-        stem.with_suffix(".md").write_text(render_markdown(result), encoding="utf-8")
-        art.manifest.setdefault("fallback", {})[variant] = {
-            p: {
-                "fallback_nodes": r["fallback_nodes"],
-                "partition_boundaries": r["partition_boundaries"],
-                "verdict": r["verdict"],
-                "report": f"reports/fallback-{variant}.json",
+        art.variant_path(variant, verify=True)
+    results = [placement_of(art, variant, provider_list, runtime) for variant in chosen]
+    with art.staged_outputs() as stage:  # the reports and the manifest in one step
+        for variant, result in zip(chosen, results):
+            write_json_atomic(stage / f"fallback-{variant}.json", result)
+            (stage / f"fallback-{variant}.md").write_text(render_markdown(result), encoding="utf-8")
+            art.manifest.setdefault("fallback", {})[variant] = {
+                p: {
+                    "fallback_nodes": r["fallback_nodes"],
+                    "partition_boundaries": r["partition_boundaries"],
+                    "verdict": r["verdict"],
+                    "report": f"reports/fallback-{variant}.json",
+                }
+                for p, r in result["providers"].items()
             }
-            for p, r in result["providers"].items()
-        }
-        results.append(result)
+        art.add_stage({"stage": "fallback", "variants": chosen, "providers": provider_list, "runtime": runtime})
+    for variant, result in zip(chosen, results):
         table = Table(title=f"placement: {variant}")
         for col in ("provider", "fall back", "copies/run", "verdict"):
             table.add_column(col)
         for p, r in result["providers"].items():
             table.add_row(p, str(r["fallback_nodes"]), str(r["partition_boundaries"]), r["verdict"])
         console.print(table)
-    art.add_stage({"stage": "fallback", "variants": chosen, "providers": provider_list, "runtime": runtime})
-    art.save()
     return results
+
+
+def placement_of(art: Artifact, variant: str, provider_list: list[str], runtime: bool) -> dict:
+    with console.status(f"placement of {variant} on {', '.join(provider_list)}"):
+        return placement(art, variant, provider_list, runtime)

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from qconv.artifact import Artifact, now_iso
+from qconv.artifact import REPORTS_DIR, Artifact, now_iso
 from qconv.console import console
 from qconv.errors import GateFailed, QconvError
 
@@ -33,16 +33,25 @@ def progress_bar() -> Progress:
     )
 
 
+def check_validation_request(art: Artifact, dataset: str, limit: int | None = None) -> DatasetSpec:
+    """What can be checked about a validation before any work (e.g. before ``quantize --validate`` writes its
+    variant): the dataset exists, fits the artifact's task, and ``limit`` is a positive count."""
+    spec = dataset_spec(dataset)
+    needed = TASK_OF_KIND[spec.kind]
+    if art.task != needed:
+        raise QconvError(f"dataset '{dataset}' needs {_a(needed)} artifact; {art.name} is {_a(art.task)} artifact")
+    if limit is not None and limit < 1:
+        raise QconvError(f"--limit must be positive, got {limit}")
+    return spec
+
+
 def open_for_validation(
     artifact: Artifact | str | Path, dataset: str, variant: str, overrides: dict[str, float | None]
 ) -> tuple[Artifact, DatasetSpec, str, dict]:
     """Check that artifact, dataset and variant fit together; returns (artifact, spec, precision, thresholds)."""
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
-    spec = dataset_spec(dataset)
-    needed = TASK_OF_KIND[spec.kind]
-    if art.task != needed:
-        raise QconvError(f"dataset '{dataset}' needs {_a(needed)} artifact; {art.name} is {_a(art.task)} artifact")
-    art.variant_path(variant)
+    spec = check_validation_request(art, dataset)
+    art.variant_path(variant, verify=True)
     precision = art.variants[variant].get("precision", "fp32")
     return art, spec, precision, thresholds_for(art.task, precision, overrides)
 
@@ -93,24 +102,27 @@ def finalize(
     report["placement"] = placement_summary(art, report["variant"], report["providers"])
     report["failures"] = check(report["thresholds"], report) + extra_failures
     report["passed"] = not report["failures"]
-    paths = write_report(art.reports_dir(), report, figures)
     metric = report["metric"]
-    summary = {k: report[k] for k in ("dataset", "split", "source", "size", "metric", "delta", "passed")}
-    summary.update(
-        reference=report["reference"][metric],
-        candidate=report["candidate"][metric],
-        report=f"reports/{paths['json'].name}",
-    )
-    art.manifest.setdefault("validation", {}).setdefault(report["variant"], {})[report["dataset"]] = summary
-    art.add_stage(
-        {"stage": "validate", "variant": report["variant"], "dataset": report["dataset"], "passed": report["passed"]}
-    )
-    art.save()
-    print_summary(report, paths["md"])
+    # The graph validated, by the hashes its stage recorded: a later rebuild that changes it makes this
+    # validation stale (the card and publish compare), whatever order the stages ran in.
+    validated = {rel: art.files.get(rel) for rel in art.variant_files(report["variant"])}
+    with art.staged_outputs(REPORTS_DIR) as stage:  # reports and manifest in one step (see staged_outputs)
+        paths = write_report(stage, report, figures)
+        summary = {k: report[k] for k in ("dataset", "split", "source", "size", "metric", "delta", "passed")}
+        summary.update(
+            reference=report["reference"][metric],
+            candidate=report["candidate"][metric],
+            report=f"{REPORTS_DIR}/{paths['json'].name}",
+            variant_sha256=validated,
+        )
+        art.manifest.setdefault("validation", {}).setdefault(report["variant"], {})[report["dataset"]] = summary
+        stage_entry = {"stage": "validate", "variant": report["variant"], "dataset": report["dataset"]}
+        art.add_stage({**stage_entry, "passed": report["passed"]})
+    print_summary(report, art.path / REPORTS_DIR / paths["md"].name)
     if not report["passed"] and raise_on_fail:
         raise GateFailed(
             f"validation failed for {report['variant']} on {report['dataset']}: "
-            f"{'; '.join(report['failures'])} (report: {paths['json']})"
+            f"{'; '.join(report['failures'])} (report: {art.path / REPORTS_DIR / paths['json'].name})"
         )
     return report
 
