@@ -24,21 +24,17 @@ class RerankTemplate:
     def to_manifest(self) -> dict:
         return asdict(self)
 
-    def body_without_instruction(self) -> str:
-        """The body for "no instruction" (``''``): the line that holds ``{instruction}`` left out, so the model sees
-        no empty instruction field; an inline ``{instruction}`` is replaced by nothing."""
-        lines = self.body.split("\n")
-        kept = [line for line in lines if "{instruction}" not in line]
-        return "\n".join(kept) if kept and len(kept) < len(lines) else self.body.replace("{instruction}", "")
-
-
-def resolve_instruction(instruction: str | None, default: str) -> str:
-    """One rule for every task: ``None`` means the default, ``''`` means no instruction, anything else is used."""
-    return default if instruction is None else instruction
-
     @classmethod
     def from_manifest(cls, data: dict) -> "RerankTemplate":
         return cls(**{k: data[k] for k in ("prefix", "body", "suffix", "default_instruction")})
+
+
+def resolve_instruction(instruction: str | None, default: str) -> str:
+    """One rule for every task: ``None`` means the default, ``''`` means no instruction, anything else is used.
+
+    For a reranker, ``''`` leaves the template's instruction slot empty (``<Instruct>: \n<Query>: ...``), exactly as
+    Qwen3-Reranker's reference ``format_instruction`` does: it too substitutes its default only for ``None``."""
+    return default if instruction is None else instruction
 
 
 QWEN3_RERANKER_TEMPLATE = RerankTemplate(
@@ -75,8 +71,7 @@ class PairEncoder:
 
     def body(self, query: str, document: str, instruction: str | None) -> str:
         chosen = resolve_instruction(instruction, self.template.default_instruction)
-        body = self.template.body if chosen else self.template.body_without_instruction()
-        return body.format(instruction=chosen, query=query, document=document)
+        return self.template.body.format(instruction=chosen, query=query, document=document)
 
     def encode(self, query: str, document: str, instruction: str | None = None) -> list[int]:
         body_ids = self.tokenizer.encode(self.body(query, document, instruction), add_special_tokens=False).ids
