@@ -57,7 +57,8 @@ def test_rank_metrics_are_the_librarys_numbers():
     for q in range(6):
         n = int(rng.integers(3, 15))
         scores = np.round(rng.random(n), 1)  # one decimal: plenty of ties
-        queries.append({"ids": [f"q{q}d{i}" for i in range(n)], "grades": rng.integers(0, 4, n).tolist(), "scores": scores})
+        grades = rng.integers(0, 4, n).tolist()
+        queries.append({"ids": [f"q{q}d{i}" for i in range(n)], "grades": grades, "scores": scores})
     ours = _metrics(queries, threshold=2)
     qrels = {str(i): dict(zip(q["ids"], map(int, q["grades"]))) for i, q in enumerate(queries)}
     run = {str(i): dict(zip(q["ids"], map(float, q["scores"]))) for i, q in enumerate(queries)}
