@@ -129,7 +129,7 @@ def render_markdown(report: dict, images: dict[str, str], figures: list[Figure])
     ]
     lines += [f"- {k}: `{v!r}`" for k, v in report.get("settings", {}).items()]
     if "instruction_rule" in report:
-        lines.append(f"- instruction: {report['instruction_rule']} (None = the default, '' = no instruction)")
+        lines.append(f"- instruction rule: {report['instruction_rule']} (not given = the default, '' = none)")
     lines.append(
         f"- full Hub split: {'yes' if report.get('full_split') else 'no'}; real weights: "
         f"{'yes' if report.get('real_weights') else 'no'} (the model card's model-index takes only runs with both)"
