@@ -73,7 +73,7 @@ def validate_reranker(
     note: str | None = None,
     raise_on_fail: bool = True,
 ) -> dict:
-    """``instruction``: None = the artifact's default, '' = none (the template's instruction line left out)."""
+    """``instruction``: None = the artifact's default, '' = none (the template's instruction slot left empty)."""
     started = time.perf_counter()
     art, spec, precision, thresholds = open_for_validation(
         artifact,
