@@ -49,14 +49,14 @@ def embedding_parity(candidate: np.ndarray, reference: np.ndarray) -> dict[str, 
 
 
 def ranking(scores, doc_ids) -> np.ndarray:
-    """Indices by descending score, ties by descending document id: trec_eval's order (its ``comp_sim_docno``),
-    so the rank of a tied passage never depends on where it sat in the candidate list."""
+    """Indices by descending score, ties by descending document id: trec_eval's order (the tests check it against
+    trec_eval), so the rank of a tied passage never depends on where it sat in the candidate list."""
     scores = np.asarray(scores, dtype=np.float64)
     if len(doc_ids) != len(scores):
         raise ValueError(f"{len(scores)} scores for {len(doc_ids)} document ids")
-    # Sort keys: the document id, descending, as a tie-breaker under the score, descending.
-    by_id_descending = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object), kind="stable"), kind="stable")
-    return np.lexsort((-by_id_descending, -scores))
+    # lexsort's last key is the primary one: score descending, then the id's rank (ascending order) descending.
+    id_rank = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object), kind="stable"), kind="stable")
+    return np.lexsort((-id_rank, -scores))
 
 
 def rank_metrics(
