@@ -35,7 +35,8 @@ def _metrics(queries, threshold):
 def test_ties_and_grades_give_hand_computed_trec_eval_numbers():
     a, b = _metrics([QUERY_A, QUERY_B], threshold=2)
     # The parity figures (top-1 agreement, identical top 10) rank the same way trec_eval does.
-    assert [QUERY_A["ids"][i] for i in metrics.ranking(QUERY_A["scores"], QUERY_A["ids"])] == ["d2", "d1", "d4", "d3", "d5"]
+    order = metrics.ranking(QUERY_A["scores"], QUERY_A["ids"])
+    assert [QUERY_A["ids"][i] for i in order] == ["d2", "d1", "d4", "d3", "d5"]
     # trec_eval's NDCG: gain = grade, discount log2(rank + 1); ideal order 3, 2, 1.
     dcg = 3 / _log2(3) + 1 / _log2(4) + 2 / _log2(5)
     ideal = 3 / _log2(2) + 2 / _log2(3) + 1 / _log2(4)
