@@ -131,8 +131,11 @@ def test_bootstrap_of_an_identical_candidate_is_exactly_zero():
     gold = rng.random(200)
     point = {"cosine_spearman": 0.0, "cosine_pearson": 0.0}
     intervals = metrics.sts_delta_intervals(reference.copy(), reference, gold, 1000, point)
+    from qconv.validate.report import format_interval
+
     for interval in intervals.values():
         assert (interval["low"], interval["high"]) == (0.0, 0.0) and interval["contains_zero"]
+        assert format_interval(interval["delta"], interval) == "+0.0000 [+0.0000, +0.0000]"  # no "-0.0000"
     per_query = {"mrr@10": rng.random(40).tolist(), "ndcg@10": rng.random(40).tolist()}
     for interval in metrics.mean_delta_intervals(per_query, dict(per_query), 1000).values():
         assert (interval["low"], interval["high"], interval["delta"]) == (0.0, 0.0, 0.0)

@@ -169,7 +169,8 @@ def paired_interval(statistic, samples: tuple, n_resamples: int, point: float) -
         batch=100,  # resamples per vectorized call: bounds memory on 10k-pair datasets
         rng=np.random.default_rng(BOOTSTRAP_SEED),
     )
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    # + 0.0 turns a -0.0 percentile into 0.0, so an identical candidate reads [+0.0000, +0.0000].
+    low, high = float(result.confidence_interval.low) + 0.0, float(result.confidence_interval.high) + 0.0
     return {"delta": float(point), "low": low, "high": high, "contains_zero": bool(low <= 0.0 <= high)}
 
 
