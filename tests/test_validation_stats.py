@@ -162,3 +162,5 @@ def test_interval_format():
     assert format_interval(-0.0012, {"low": -0.0031, "high": 0.0006}) == "-0.0012 [-0.0031, +0.0006]"
     assert format_interval(0.0, [0.0, 0.0]) == "+0.0000 [+0.0000, +0.0000]"
     assert format_interval(2e-7, None) == "+2.0e-07"
+    assert format_interval(-0.0044, [-0.0097, -1.8e-5]) == "-0.0044 [-0.0097, -0.0000]"
+    assert format_interval(2e-7, [-1e-6, 3e-6]) == "+2.0e-07 [-1.0e-06, +3.0e-06]"

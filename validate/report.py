@@ -66,17 +66,20 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def signed(value: float) -> str:
-    """A delta with its sign: 4 decimals, or 2 significant digits below 1e-4 (parity deltas are that small)."""
-    return f"{value:+.4f}" if value == 0 or abs(value) >= 1e-4 or value != value else f"{value:+.1e}"
+def signed(value: float, scale: float | None = None) -> str:
+    """A delta with its sign: 4 decimals, or 2 significant digits when everything shown with it (``scale``, the
+    largest magnitude) is below 1e-4, as parity deltas are."""
+    scale = abs(value) if scale is None else scale
+    return f"{value:+.4f}" if scale == 0 or scale >= 1e-4 or scale != scale else f"{value:+.1e}"
 
 
 def format_interval(delta: float, interval: dict | list | None) -> str:
-    """``-0.0012 [-0.0031, +0.0006]`` (the delta alone when no interval was computed)."""
+    """``-0.0012 [-0.0031, +0.0006]`` (the delta alone when no interval was computed), one format for all three."""
     if not interval:
         return signed(delta)
     low, high = (interval["low"], interval["high"]) if isinstance(interval, dict) else interval
-    return f"{signed(delta)} [{signed(low)}, {signed(high)}]"
+    scale = max(abs(delta), abs(low), abs(high))
+    return f"{signed(delta, scale)} [{signed(low, scale)}, {signed(high, scale)}]"
 
 
 def interval_sentences(report: dict) -> list[str]:
