@@ -130,6 +130,9 @@ def export_reranker_cmd(
 @click.option("--exclude", multiple=True, help="Keep nodes whose name matches this pattern in full precision.")
 @click.option("--validate", "datasets", multiple=True, help="Validate the new variant on this dataset (repeatable).")
 @click.option("--limit", type=int, help="With --validate: evaluate only the first N pairs/queries.")
+@click.option(
+    "--bootstrap", type=int, help="With --validate: bootstrap resamples for the deltas' 95% intervals, 0 = off [1000]."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing variant of the same name.")
 def quantize(
     artifact,
@@ -143,6 +146,7 @@ def quantize(
     exclude,
     datasets,
     limit,
+    bootstrap,
     overwrite,
 ) -> None:
     """Write a quantized variant (onnx/model_<variant>.onnx) and record it in the manifest."""
@@ -156,6 +160,10 @@ def quantize(
         raise QconvError("--limit applies only with --validate")
     for dataset in datasets:  # every argument is checked before the variant is written
         check_validation_request(art, dataset, limit)
+    if bootstrap is not None:
+        from qconv.validate.runner import check_bootstrap
+
+        check_bootstrap(bootstrap)
     options = QuantizeOptions(
         per_channel=not per_tensor,
         preset=preset,
@@ -167,7 +175,8 @@ def quantize(
     variant, _ = run_quantize(art, mode, source_variant=source_variant, options=options, overwrite=overwrite)
     failed = []
     for dataset in datasets:
-        report = _validate(art, dataset, variant=variant, limit=limit)
+        extra = {} if bootstrap is None else {"bootstrap": bootstrap}
+        report = _validate(art, dataset, variant=variant, limit=limit, **extra)
         if not report["passed"]:
             failed.append(f"{dataset}: {'; '.join(report['failures'])}")
     if failed:
@@ -343,13 +352,22 @@ def _only_for(kind: str, dataset: str, **given) -> None:
 @click.option("--reference", help="PyTorch reference model [default: the manifest's source model].")
 @click.option("--providers", help="Comma-separated onnxruntime execution providers [default: CPU].")
 @click.option("--batch-size", type=int, help="Texts (or pairs) per batch [default: 32, msmarco 8].")
-@click.option("--instruction", help="Instruction for instruction-following models ('' for none).")
+@click.option(
+    "--instruction", help="Instruction for both tasks [default: the dataset's or the artifact's]; '' = no instruction."
+)
 @click.option("--dim", type=int, help="Matryoshka: truncate embeddings to D dimensions and renormalise.")
 @click.option("--min-cosine", type=float, help="Gate: minimum per-text cosine (parity.cosine_min).")
 @click.option("--min-cosine-mean", type=float, help="Gate: minimum mean per-text cosine.")
 @click.option("--max-delta", type=float, help="Gate: maximum |candidate - reference| of the main metric.")
 @click.option("--max-score-diff", type=float, help="Gate (msmarco): maximum |P(yes) candidate - reference|.")
 @click.option("--min-top1", type=float, help="Gate (msmarco): minimum top-1 agreement.")
+@click.option(
+    "--bootstrap",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Paired bootstrap resamples for each delta's 95% interval (seeded); 0 = off. Gates read the point estimate.",
+)
 @click.option("--offline", is_flag=True, help="Do not try the Hub; use --data-files or the bundled sample.")
 @click.option("--json", "as_json", is_flag=True, help="Also print the JSON report on stdout.")
 def validate(
@@ -370,6 +388,7 @@ def validate(
     max_delta,
     max_score_diff,
     min_top1,
+    bootstrap,
     offline,
     as_json,
 ) -> None:
@@ -390,6 +409,7 @@ def validate(
         providers=_split_providers(providers),
         instruction=instruction,
         max_abs_delta=max_delta,
+        bootstrap=bootstrap,
         offline=offline,
         raise_on_fail=False,
     )

@@ -102,8 +102,9 @@ class ValidateStep:
     variants: list[str] | None = None  # default: every variant the recipe produces
     providers: list[str] | None = None
     batch_size: int | None = None
-    instruction: str | None = None
+    instruction: str | None = None  # None = the default, '' = no instruction
     max_candidates: int | None = None
+    bootstrap: int | None = None  # resamples for the deltas' 95% intervals [1000]; 0 = off
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 

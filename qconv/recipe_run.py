@@ -249,6 +249,8 @@ class ValidateVariantStep(Step):
         }
         if step.batch_size:
             options["batch_size"] = step.batch_size
+        if step.bootstrap is not None:
+            options["bootstrap"] = step.bootstrap
         if ctx.recipe.task == "embedding":
             options.update(
                 min_cosine=gates.min_cosine, min_cosine_mean=gates.min_cosine_mean, max_abs_delta=gates.max_delta

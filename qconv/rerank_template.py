@@ -29,6 +29,14 @@ class RerankTemplate:
         return cls(**{k: data[k] for k in ("prefix", "body", "suffix", "default_instruction")})
 
 
+def resolve_instruction(instruction: str | None, default: str) -> str:
+    """One rule for every task: ``None`` means the default, ``''`` means no instruction, anything else is used.
+
+    For a reranker, ``''`` leaves the template's instruction slot empty (``<Instruct>: \n<Query>: ...``), exactly as
+    Qwen3-Reranker's reference ``format_instruction`` does: it too substitutes its default only for ``None``."""
+    return default if instruction is None else instruction
+
+
 QWEN3_RERANKER_TEMPLATE = RerankTemplate(
     prefix=(
         "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -62,9 +70,8 @@ class PairEncoder:
             )
 
     def body(self, query: str, document: str, instruction: str | None) -> str:
-        return self.template.body.format(
-            instruction=instruction or self.template.default_instruction, query=query, document=document
-        )
+        chosen = resolve_instruction(instruction, self.template.default_instruction)
+        return self.template.body.format(instruction=chosen, query=query, document=document)
 
     def encode(self, query: str, document: str, instruction: str | None = None) -> list[int]:
         body_ids = self.tokenizer.encode(self.body(query, document, instruction), add_special_tokens=False).ids

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .artifact import Artifact, open_artifact
-from .rerank_template import PairEncoder, RerankTemplate, last_token_index, pad_batch
+from .rerank_template import PairEncoder, RerankTemplate, last_token_index, pad_batch, resolve_instruction
 from .runtime import load_fast_tokenizer, open_session, resolve_providers
 
 
@@ -79,11 +79,11 @@ class Reranker:
     def score(
         self, query: str, documents: Sequence[str], *, instruction: str | None = None, batch_size: int = 8
     ) -> np.ndarray:
-        """P(yes) for each document (instruction defaults to the artifact's)."""
+        """P(yes) for each document (``instruction``: None = the artifact's default, '' = none)."""
         if not documents:
             return np.zeros(0)
         return self.score_ids(
-            self.encoder.encode_pairs(query, documents, instruction or self.settings["instruction"]),
+            self.encoder.encode_pairs(query, documents, resolve_instruction(instruction, self.settings["instruction"])),
             batch_size=batch_size,
         )
 

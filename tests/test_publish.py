@@ -125,8 +125,39 @@ def listed(output: str) -> dict[str, str]:
     return {rel: size for size, rel in rows}
 
 
-def test_card_metadata_variants_and_model_index(embedding):
+def as_if_measured_on_the_hub(path: Path) -> Artifact:
+    """Rewrite an artifact's record as if its validations ran on the full Hub split with real weights: the two
+    facts the card reads (the numbers, the source and the reproduce commands stay those of the run)."""
+    art = Artifact(path)
+    art.manifest["source"].pop("weights", None)
+    art.manifest["source"]["path"] = str(path / "no-such-source")  # no random-weight marker to find
+    for by_dataset in art.manifest["validation"].values():
+        for summary in by_dataset.values():
+            summary.update(full_split=True, real_weights=True)
+    art.save()
+    return Artifact(path)
+
+
+def test_card_model_index_only_for_full_hub_split_real_weight_runs(embedding):
     art = Artifact(embedding)
+    text = write_model_card(art).read_text(encoding="utf-8")
+    meta = parse_card_metadata(text)
+    assert "model-index" not in meta  # a bundled sample on random weights is no STS12 result
+    assert "lists 0 of these 2 results" in text and "Random weights" in text.split("## Variants")[0]
+    for summary in art.manifest["validation"]["model"].values():
+        assert summary["source"] == "bundled-sample" and not summary["full_split"] and not summary["real_weights"]
+    validation_table = text.split("## Validation")[1]
+    assert "bundled-sample" in validation_table and "40 pairs" in validation_table and "Δ [95% CI]" in validation_table
+    # Only real weights on the full split qualify: either fact alone is not enough.
+    art = as_if_measured_on_the_hub(embedding)
+    art.manifest["validation"]["model"]["sts12"]["real_weights"] = False
+    art.save()
+    (result,) = parse_card_metadata(render_model_card(Artifact(embedding)))["model-index"][0]["results"]
+    assert result["metrics"][0]["args"]["variant"] != "model"
+
+
+def test_card_metadata_variants_and_model_index(embedding):
+    art = as_if_measured_on_the_hub(embedding)
     stages = len(art.manifest["stages"])
     path = write_model_card(art)
     text = path.read_text(encoding="utf-8")
@@ -144,12 +175,19 @@ def test_card_metadata_variants_and_model_index(embedding):
         summary = validation[metric["args"]["variant"]]["sts12"]
         assert metric["type"] == "cos_sim_spearman" and metric["value"] == summary["candidate"]
         assert metric["args"]["delta"] == summary["delta"]
+        assert metric["args"]["delta_ci95"] == summary["delta_ci"] and len(summary["delta_ci"]) == 2
         assert metric["args"]["pytorch_reference"] == summary["reference"]
         assert result["dataset"]["type"] == spec.hub_path and result["dataset"]["revision"] == spec.revision
         assert result["task"]["type"] == "sentence-similarity"
+    # The card's own table shows each delta with its interval, and says when the interval contains 0.
+    from qconv.validate.report import format_interval
+
+    for summary in validation["model"].values():
+        cell = format_interval(summary["delta"], summary["delta_ci"])
+        low, high = summary["delta_ci"]
+        assert cell + (" (contains 0)" if low <= 0 <= high else "") + " |" in text
     for variant, entry in art.variants.items():
         assert re.search(rf"^\| `{variant}` \| `{re.escape(entry['file'])}` \| [\d.]+ [kMG]?B \|", text, re.M)
-    assert "Random weights" in text.split("## Variants")[0]
     # Reproduce: the export, the quantization and both validations, as qconv command lines.
     int8 = next(v for v in art.variants if v != "model")
     preset = art.variants[int8]["options"]["preset"]
@@ -238,6 +276,9 @@ def test_reranker_card(validated_reranker, tmp_path):
     meta = parse_card_metadata(text)
     assert meta["pipeline_tag"] == "text-ranking" and meta["library_name"] == "sentence-transformers"
     assert {"onnx", "qwen3", "cross-encoder", "reranker"} <= set(meta["tags"])
+    assert "model-index" not in meta  # the bundled TREC-DL sample on random weights
+    art = as_if_measured_on_the_hub(art.path)
+    meta = parse_card_metadata(write_model_card(art).read_text())
     (result,) = meta["model-index"][0]["results"]
     summary = art.manifest["validation"]["model"]["msmarco"]
     assert result["metrics"][0] == {
@@ -248,11 +289,13 @@ def test_reranker_card(validated_reranker, tmp_path):
             "variant": "model",
             "pytorch_reference": summary["reference"],
             "delta": summary["delta"],
+            "delta_ci95": summary["delta_ci"],
             "passed": True,
         },
         "verified": False,
     }
     assert result["dataset"]["type"] == "zyznull/msmarco-passage-ranking" and "revision" not in result["dataset"]
+    text = (art.path / "README.md").read_text()
     template = art.manifest["reranker"]["template"]
     assert template["prefix"] + template["body"] + template["suffix"] in text
     assert "qconv export reranker --model" in text and "--seq-cls" in text

@@ -41,6 +41,14 @@ def test_validate_bundled_sts12_identical_spearman(minilm_artifact):
     assert report["passed"]
     # A trained model scores far above chance on the sample (published full split: 0.7237).
     assert 0.70 < report["reference"]["metric_value"] < 0.75
+    # Real weights, but the bundled sample: the report says so, and the card keeps it out of model-index.
+    assert report["real_weights"] is True and report["full_split"] is False
+    interval = report["delta_ci"]["cosine_spearman"]
+    assert interval["low"] <= report["delta"] <= interval["high"]
+    from qconv.card import parse_card_metadata, render_model_card
+
+    card = render_model_card(Artifact(minilm_artifact))
+    assert "model-index" not in parse_card_metadata(card) and "lists 0 of these 1 results" in card
 
 
 def test_reference_runner_agrees_with_sentence_transformers(minilm_dir):

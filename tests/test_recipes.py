@@ -161,7 +161,8 @@ def test_data_dir_supplies_dataset_files(run_cli, tmp_path):
     sample = resources.files("qconv.validate.data") / "sts12_test_sample.jsonl"
     lines = sample.read_text(encoding="utf-8").splitlines()[:30]
     (data / "sts12.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    recipe = write(tmp_path, SMALL.replace("limit: 24", "limit: 1000"))
+    # The validate step passes every validation option on: here 50 bootstrap resamples and no instruction.
+    recipe = write(tmp_path, SMALL.replace("limit: 24", "limit: 1000\n    bootstrap: 50\n    instruction: ''"))
     code, _, err = run_cli(
         "run", recipe, "--offline", "--data-dir", data, "--only", "export", "--output", tmp_path / "out"
     )
@@ -170,6 +171,8 @@ def test_data_dir_supplies_dataset_files(run_cli, tmp_path):
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "small" / "reports" / "validate-model-sts12.json").read_text())
     assert report["size"].startswith("30 pairs")
+    assert report["bootstrap"]["n_resamples"] == 50 and set(report["delta_ci"]) == {"cosine_spearman", "cosine_pearson"}
+    assert report["prompt"] == "" and report["instruction_rule"].startswith("none")
     code, _, err = run_cli("run", recipe, "--offline", "--data-dir", tmp_path, "--output", tmp_path / "out2")
     assert code == 2 and "has no file for dataset 'sts12'" in err
 

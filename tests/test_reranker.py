@@ -188,15 +188,44 @@ def test_validate_msmarco_bundled_slice(seqcls_copy, run_cli):
     assert code == 1
 
 
-def test_rank_metrics_known_answers():
-    from qconv.validate.metrics import rank_metrics
+def test_validate_msmarco_report_states_how_it_measured(seqcls_copy):
+    report = validate_reranker(seqcls_copy, "msmarco", limit=6, max_candidates=8, bootstrap=200)
+    assert report["relevance"]["graded"] is True and report["relevance"]["threshold"] == 2
+    assert report["settings"]["relevance_threshold"] == 2 and "trec_eval" in report["relevance"]["library"]
+    assert "TREC-DL" in report["candidates"]["definition"] and report["candidates"]["per_query_max"] <= 8
+    assert report["full_split"] is False and report["real_weights"] is False
+    assert report["instruction_rule"].startswith("default")
+    assert set(report["delta_ci"]) == {"mrr@10", "ndcg@10", "recall@10"}
+    for m, interval in report["delta_ci"].items():
+        assert interval["low"] <= interval["delta"] <= interval["high"]
+        assert interval["delta"] == pytest.approx(report["candidate"][m] - report["reference"][m], abs=1e-12)
+    assert report["bootstrap"]["n_resamples"] == 200 and report["bootstrap"]["resampled"] == "queries"
+    worst = report["worst"]["items"]
+    assert len(worst) == 5 and all(w["query"] and "spearman" in w for w in worst)
+    markdown = (seqcls_copy / "reports" / "validate-model-msmarco.md").read_text()
+    assert "delta [95% CI]" in markdown and "Worst 5" in markdown and "grade >= 2" in markdown
+    summary = Artifact(seqcls_copy).manifest["validation"]["model"]["msmarco"]
+    assert summary["delta_ci"] == [report["delta_ci"]["mrr@10"]["low"], report["delta_ci"]["mrr@10"]["high"]]
 
-    m = rank_metrics(np.array([0.1, 0.9, 0.5, 0.3]), np.array([True, False, False, True]))
-    assert m["mrr@10"] == pytest.approx(1 / 3)  # relevant docs rank 4th (0.1) and 3rd (0.3)
-    assert m["recall@10"] == 1.0
-    ideal = 1 + 1 / np.log2(3)
-    assert m["ndcg@10"] == pytest.approx((1 / np.log2(4) + 1 / np.log2(5)) / ideal)
-    assert rank_metrics(np.array([0.2, 0.1]), np.array([False, False]))["mrr@10"] == 0.0
+
+def test_empty_instruction_means_none_for_rerankers(seqcls_copy, run_cli):
+    """'' is "no instruction" (the template's slot left empty, as Qwen3-Reranker's own code does), not the default."""
+    reranker = Reranker(seqcls_copy)
+    body = reranker.encoder.body(QUERY, DOCS[0], "")
+    assert body == f"<Instruct>: \n<Query>: {QUERY}\n<Document>: {DOCS[0]}"
+    default = reranker.settings["instruction"]
+    assert reranker.encoder.body(QUERY, DOCS[0], None) == body.replace("<Instruct>: ", f"<Instruct>: {default}")
+    empty = reranker.score(QUERY, DOCS, instruction="")
+    assert np.array_equal(empty, reranker.score_ids(reranker.encoder.encode_pairs(QUERY, DOCS, "")))
+    assert not np.array_equal(empty, reranker.score(QUERY, DOCS))
+    code, out, err = run_cli(
+        "validate", seqcls_copy, "--dataset", "msmarco", "--limit", "3", "--max-candidates", "4",
+        "--instruction", "", "--bootstrap", "0", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["instruction"] == "" and report["instruction_rule"].startswith("none")
+    assert report["delta_ci"] == {} and report["bootstrap"]["n_resamples"] == 0
 
 
 def test_converted_checkpoint_exports_without_conversion(seqcls_artifact, tmp_path):

@@ -81,6 +81,41 @@ def test_data_files_in_every_format(artifact_copy, tmp_path, suffix):
 def test_matryoshka_dim_and_no_instruction(artifact_copy):
     report = validate_embedding(artifact_copy, "sts12", limit=60, dim=32, instruction="")
     assert report["dim"] == 32 and report["prompt"] == "" and report["passed"]
+    assert report["instruction"] == "" and report["instruction_rule"].startswith("none")
+    # '' is the prompt-free input: the reference cache key is the one of no prompt at all.
+    from qconv.validate.embedding import prompt_for
+
+    assert prompt_for(Artifact(artifact_copy), "", "Retrieve semantically similar text.") is None
+
+
+def test_intervals_worst_items_and_facts_in_the_report(artifact_copy, run_cli):
+    report = validate_embedding(artifact_copy, "sts12", limit=80, bootstrap=300)
+    assert report["full_split"] is False and report["real_weights"] is False  # bundled sample, random weights
+    assert report["instruction_rule"].startswith("default")
+    assert set(report["delta_ci"]) == {"cosine_spearman", "cosine_pearson"}
+    main = report["delta_ci"]["cosine_spearman"]
+    assert main["delta"] == report["delta"] and main["low"] <= main["delta"] <= main["high"]
+    assert report["bootstrap"] == {
+        "n_resamples": 300,
+        "resampled": "pairs",
+        "seed": 0,
+        "confidence": 0.95,
+        "method": report["bootstrap"]["method"],
+    }
+    worst = report["worst"]["items"]
+    cosines = [w["cosine"] for w in worst]
+    assert len(worst) == 5 and cosines == sorted(cosines) and cosines[0] == report["parity"]["cosine_min"]
+    assert all(isinstance(w["text"], str) and w["text"] for w in worst)
+    markdown = (artifact_copy / "reports" / "validate-model-sts12.md").read_text()
+    assert "delta [95% CI]" in markdown and "Worst 5 by per-text cosine" in markdown
+    assert "the gates read the point estimate" in markdown and "full Hub split: no" in markdown
+    # Gates read the point estimate: the same run passes whatever the interval says.
+    again = validate_embedding(artifact_copy, "sts12", limit=80, bootstrap=0)
+    assert again["delta_ci"] == {} and again["passed"] == report["passed"] and again["delta"] == report["delta"]
+    summary = Artifact(artifact_copy).manifest["validation"]["model"]["sts12"]
+    assert summary["delta_ci"] is None and summary["full_split"] is False and summary["real_weights"] is False
+    code, out, err = run_cli("validate", artifact_copy, "--dataset", "sts12", "--limit", "20", "--bootstrap", "-1")
+    assert code == 2 and "--bootstrap" in err and "Traceback" not in err
 
 
 def test_failed_gate_still_writes_the_report(artifact_copy):

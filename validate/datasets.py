@@ -35,6 +35,13 @@ class DatasetSpec:
     instruction: str | None = None
     score_range: tuple[float, float] = (0.0, 5.0)
     reference: str = ""
+    # Rerank datasets: the grade from which a passage counts as relevant for MRR and Recall (NDCG takes every
+    # grade as its gain), for the Hub split and for the bundled sample, which may come from other qrels.
+    relevance_threshold: int = 1
+    sample_relevance_threshold: int | None = None
+    # Rerank datasets: where each query's candidates come from, for the report (Hub split, bundled sample).
+    candidates: str = ""
+    sample_candidates: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -96,6 +103,13 @@ register(
         description="MS MARCO passage reranking (Tevatron layout); bundled: TREC-DL 2019/2020 judged BM25 candidates",
         language="en",
         reference="https://microsoft.github.io/msmarco/",
+        # MS MARCO dev qrels are binary (1 = relevant); TREC-DL's NIST grades are 0-3 and its track counts >= 2.
+        relevance_threshold=1,
+        sample_relevance_threshold=2,
+        candidates="the split's positive_passages (MS MARCO dev qrels) then its negative_passages (Tevatron's "
+        "BM25 negatives), in the order given",
+        sample_candidates="TREC-DL 2019/2020 BM25 top-100 passages judged by NIST: those graded 2-3 then those graded "
+        "0 (at most 29, BM25 order); grade-1 and unjudged hits left out",
     )
 )
 
@@ -117,6 +131,7 @@ class PairData:
     location: str  # Hub path@revision or the file
     split: str
     fingerprint: str  # sha256 of the rows actually evaluated
+    full_split: bool  # every row of a Hub split (no --limit, no local file or bundled sample)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -191,6 +206,11 @@ def first_rows(rows, limit: int | None):
     return rows.select(range(min(limit, len(rows))))
 
 
+def is_full_split(source: str, rows, limited) -> bool:
+    """Whether the rows evaluated are a whole Hub split: only then may a result stand for the dataset."""
+    return source == "hub" and len(limited) == len(rows)
+
+
 def fingerprint_rows(rows: list) -> str:
     digest = hashlib.sha256()
     for row in rows:
@@ -206,9 +226,9 @@ def load_pairs(
     limit: int | None = None,
     offline: bool = False,
 ) -> PairData:
-    rows, source, location, split = load_rows(spec, data_files, split, offline)
-    require_columns(rows, spec.columns, f"dataset {location}")
-    rows = first_rows(rows, limit)
+    all_rows, source, location, split = load_rows(spec, data_files, split, offline)
+    require_columns(all_rows, spec.columns, f"dataset {location}")
+    rows = first_rows(all_rows, limit)
     s1, s2, scores = list(rows["sentence1"]), list(rows["sentence2"]), list(rows["score"])
     try:
         scores = [float(s) for s in scores]
@@ -219,7 +239,7 @@ def load_pairs(
     if len(scores) < 2:
         raise QconvError(f"dataset {location} has {len(scores)} pair(s); correlations need at least 2")
     fingerprint = fingerprint_rows([[a, b, c] for a, b, c in zip(s1, s2, scores)])
-    return PairData(s1, s2, scores, source, location, split, fingerprint)
+    return PairData(s1, s2, scores, source, location, split, fingerprint, is_full_split(source, all_rows, rows))
 
 
 @dataclass(frozen=True)
@@ -227,7 +247,11 @@ class RerankQuery:
     query_id: str
     query: str
     documents: list[str]
-    relevant: list[bool]
+    doc_ids: list[str]  # the passages' docid, else a hash of the text: ties are broken by it, never by position
+    grades: list[int]  # graded relevance: the passage's ``relevance`` if given, else 1 positive / 0 negative
+
+    def relevant(self, threshold: int) -> list[bool]:
+        return [g >= threshold for g in self.grades]
 
 
 @dataclass(frozen=True)
@@ -237,6 +261,11 @@ class RerankData:
     location: str
     split: str
     fingerprint: str
+    full_split: bool
+    relevance_threshold: int
+    graded: bool  # whether the data carried ``relevance`` grades (else they are binary from the lists)
+    candidates: str  # how each query's candidates were chosen
+    duplicates_dropped: int = 0
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -249,6 +278,24 @@ def _passage_text(passage, where: str) -> str:
     return f"{title} {passage['text']}".strip() if title else passage["text"]
 
 
+def _passage_id(passage: dict, text: str) -> str:
+    """The passage's docid, else a hash of its text (an id that does not depend on the candidate order)."""
+    docid = passage.get("docid")
+    if docid is not None and str(docid) != "":
+        return str(docid)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _passage_grade(passage: dict, default: int, where: str) -> int:
+    grade = passage.get("relevance")
+    if grade is None:
+        return default
+    try:
+        return int(grade)
+    except (TypeError, ValueError):
+        raise QconvError(f"{where}: passage relevance must be an integer grade, got {grade!r}") from None
+
+
 def load_rerank(
     spec: DatasetSpec,
     *,
@@ -258,24 +305,54 @@ def load_rerank(
     max_candidates: int = 30,
     offline: bool = False,
 ) -> RerankData:
-    """Queries with candidates = positives + negatives, in the order given, capped at ``max_candidates``."""
+    """Queries with candidates = positives + negatives, in the order given, capped at ``max_candidates``.
+
+    The order only decides which passages the cap keeps; rankings break ties by document id, never by position.
+    A passage listed twice in one query (same docid) is kept once.
+    """
     if max_candidates < 1:
         raise QconvError(f"--max-candidates must be positive, got {max_candidates}")
-    rows, source, location, split = load_rows(spec, data_files, split, offline)
-    require_columns(rows, spec.columns, f"dataset {location}")
-    rows = first_rows(rows, limit)
-    queries = []
+    all_rows, source, location, split = load_rows(spec, data_files, split, offline)
+    require_columns(all_rows, spec.columns, f"dataset {location}")
+    rows = first_rows(all_rows, limit)
+    queries, graded, dropped = [], False, 0
     for n, row in enumerate(rows):
         query_id = str(row.get("query_id", n))
         where = f"dataset {location}, query {query_id}"
-        positives = [_passage_text(p, where) for p in row["positive_passages"] or []]
-        negatives = [_passage_text(p, where) for p in row["negative_passages"] or []]
-        documents = (positives + negatives)[:max_candidates]
-        if not documents:
+        passages = {}  # docid -> (text, grade), first listing wins
+        listed = [(p, 1) for p in row["positive_passages"] or []] + [(p, 0) for p in row["negative_passages"] or []]
+        for passage, default in listed:
+            text = _passage_text(passage, where)
+            graded = graded or passage.get("relevance") is not None
+            doc_id = _passage_id(passage, text)
+            if doc_id in passages:
+                dropped += 1
+                continue
+            passages[doc_id] = (text, _passage_grade(passage, default, where))
+        kept = list(passages.items())[:max_candidates]
+        if not kept:
             raise QconvError(f"{where} has no candidate passages (positive_passages and negative_passages are empty)")
-        relevant = ([True] * len(positives) + [False] * len(negatives))[:max_candidates]
-        queries.append(RerankQuery(query_id, str(row["query"]), documents, relevant))
+        doc_ids = [d for d, _ in kept]
+        queries.append(
+            RerankQuery(query_id, str(row["query"]), [t for _, (t, _) in kept], doc_ids, [g for _, (_, g) in kept])
+        )
     if not queries:
         raise QconvError(f"dataset {location} has no queries")
-    fingerprint = fingerprint_rows([[q.query_id, q.query, q.documents, q.relevant] for q in queries])
-    return RerankData(queries, source, location, split, fingerprint)
+    bundled = source == "bundled-sample"
+    threshold = spec.sample_relevance_threshold if bundled and spec.sample_relevance_threshold else None
+    threshold = threshold or spec.relevance_threshold
+    candidates = (spec.sample_candidates if bundled else spec.candidates) if source != "data-files" else ""
+    candidates = candidates or "the file's positive_passages then negative_passages, in the order given"
+    fingerprint = fingerprint_rows([[q.query_id, q.query, q.documents, q.doc_ids, q.grades] for q in queries])
+    return RerankData(
+        queries,
+        source,
+        location,
+        split,
+        fingerprint,
+        full_split=is_full_split(source, all_rows, rows),
+        relevance_threshold=threshold,
+        graded=graded,
+        candidates=f"{candidates}; first {max_candidates} per query",
+        duplicates_dropped=dropped,
+    )

@@ -16,11 +16,20 @@ from . import metrics
 from .datasets import load_pairs
 from .reference import reference_embeddings
 from .report import log_gap_histogram, scatter_figure
-from .runner import base_report, finalize, open_for_validation, progress_bar, scored_results
+from .runner import (
+    base_report,
+    check_bootstrap,
+    finalize,
+    instruction_rule,
+    open_for_validation,
+    progress_bar,
+    scored_results,
+)
 
 
 def prompt_for(artifact: Artifact, instruction: str | None, default_instruction: str | None) -> str | None:
-    """The prompt prefix both sides get: an instruction formatted with the model's template, if it has one."""
+    """The prompt prefix both sides get: an instruction formatted with the model's template, if it has one.
+    ``instruction``: None = the dataset's default, '' = none (the texts as they are)."""
     chosen = default_instruction if instruction is None else instruction
     if not chosen:
         return None
@@ -43,6 +52,7 @@ def validate_embedding(
     min_cosine: float | None = None,
     min_cosine_mean: float | None = None,
     max_abs_delta: float | None = None,
+    bootstrap: int = metrics.BOOTSTRAP_DEFAULT,
     offline: bool = False,
     note: str | None = None,
     raise_on_fail: bool = True,
@@ -59,6 +69,7 @@ def validate_embedding(
         raise QconvError(f"--dim {dim} is out of range: the embedding size is {settings['dimension']}")
     if batch_size < 1:
         raise QconvError(f"--batch-size must be positive, got {batch_size}")
+    check_bootstrap(bootstrap)
     provider_list = resolve_providers(providers)
     data = load_pairs(spec, data_files=data_files, split=split, limit=limit, offline=offline)
     prompt = prompt_for(art, instruction, spec.instruction)
@@ -94,12 +105,18 @@ def validate_embedding(
     parity = metrics.embedding_parity(candidate, reference_vectors)
     parity["pair_score_spearman"] = metrics.spearman(cand_scores, ref_scores)
     parity["pair_score_max_abs_diff"] = float(np.abs(cand_scores - ref_scores).max())
-    report = base_report(spec, data, variant, precision, provider_list)
+    point = {m: cand_metrics[m] - ref_metrics[m] for m in ("cosine_spearman", "cosine_pearson")}
+    intervals = metrics.sts_delta_intervals(cand_scores, ref_scores, data.scores, bootstrap, point) if bootstrap else {}
+    per_text = metrics.cosine_pairs(candidate, reference_vectors)
+    worst = [{"text": texts[i], "cosine": float(per_text[i])} for i in metrics.worst(per_text)]
+    report = base_report(spec, data, variant, precision, provider_list, art)
     report.update(
         {
             "n_pairs": len(data),
             "size": f"{len(data)} pairs, {len(texts)} unique texts",
             "prompt": prompt or "",
+            "instruction": spec.instruction if instruction is None else instruction,
+            "instruction_rule": instruction_rule(instruction),
             "dim": dim,
             "settings": {"prompt": prompt or "", **({"dim": dim} if dim else {})},
             "metrics": ["cosine_spearman", "cosine_pearson"],
@@ -109,14 +126,18 @@ def validate_embedding(
                 cand_metrics,
                 reference_info,
                 {"texts_per_second": round(len(texts) / max(candidate_seconds, 1e-9), 2)},
+                intervals,
+                bootstrap,
+                "pairs",
             ),
             "parity": parity,
+            "worst": {"by": "per-text cosine between candidate and reference (lowest first)", "items": worst},
             "thresholds": thresholds,
             "note": note,
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
-    per_text_gap = 1.0 - metrics.cosine_pairs(candidate, reference_vectors)
+    per_text_gap = 1.0 - per_text
     figures = [
         scatter_figure(ref_scores, cand_scores, "pair cosine"),
         log_gap_histogram(

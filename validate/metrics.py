@@ -48,37 +48,144 @@ def embedding_parity(candidate: np.ndarray, reference: np.ndarray) -> dict[str, 
     }
 
 
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Indices by descending score; ties keep the given order (stable)."""
-    return np.argsort(-np.asarray(scores), kind="stable")
+def ranking(scores, doc_ids) -> np.ndarray:
+    """Indices by descending score, ties by descending document id: trec_eval's order (the tests check it against
+    trec_eval), so the rank of a tied passage never depends on where it sat in the candidate list."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(doc_ids) != len(scores):
+        raise ValueError(f"{len(scores)} scores for {len(doc_ids)} document ids")
+    # lexsort's last key is the primary one: score descending, then the id's rank (ascending order) descending.
+    id_rank = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object), kind="stable"), kind="stable")
+    return np.lexsort((-id_rank, -scores))
 
 
-def rank_metrics(scores: np.ndarray, relevant: np.ndarray, k: int = 10) -> dict[str, float]:
-    """MRR@k, NDCG@k (binary gains) and Recall@k for one query."""
-    relevant = np.asarray(relevant, dtype=bool)
-    top = ranking(scores)[:k]
-    hits = relevant[top]
-    first = np.flatnonzero(hits)
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    ideal = discounts[: min(int(relevant.sum()), k)].sum()
+def rank_metrics(
+    runs: list[np.ndarray], doc_ids: list[list[str]], grades: list[list[int]], *, threshold: int, k: int = 10
+) -> list[dict[str, float]]:
+    """MRR@k, NDCG@k and Recall@k for every query, computed by trec_eval (pytrec_eval).
+
+    NDCG@k takes the grades as gains (trec_eval's ``ndcg_cut``, which ignores the relevance level); MRR@k and
+    Recall@k count a passage as relevant when its grade is >= ``threshold`` (trec_eval's ``-l``). trec_eval has
+    no MRR cut-off: MRR@k is its ``recip_rank`` where ``success_k`` (a relevant passage in the top k) holds, and 0
+    otherwise, so both come from the same trec_eval ranking. Ties are broken the way trec_eval breaks them.
+    """
+    import pytrec_eval
+
+    qrels = {str(q): {d: int(g) for d, g in zip(ids, gs)} for q, (ids, gs) in enumerate(zip(doc_ids, grades))}
+    run = {str(q): {d: float(s) for d, s in zip(ids, scores)} for q, (ids, scores) in enumerate(zip(doc_ids, runs))}
+    measures = {"recip_rank", f"success.{k}", f"ndcg_cut.{k}", f"recall.{k}"}
+    found = pytrec_eval.RelevanceEvaluator(qrels, measures, relevance_level=int(threshold)).evaluate(run)
+    results = []
+    for q in range(len(runs)):
+        values = found[str(q)]
+        results.append(
+            {
+                f"mrr@{k}": values["recip_rank"] if values[f"success_{k}"] > 0 else 0.0,
+                f"ndcg@{k}": values[f"ndcg_cut_{k}"],
+                f"recall@{k}": values[f"recall_{k}"],
+            }
+        )
+    return results
+
+
+def query_parity(reference: list[np.ndarray], candidate: list[np.ndarray], doc_ids: list[list[str]], k: int = 10):
+    """Per-query agreement between two scorers over the same candidates: one dict per query."""
+    rows = []
+    for r, c, ids in zip(reference, candidate, doc_ids):
+        ref_order, cand_order = ranking(r, ids), ranking(c, ids)
+        rows.append(
+            {
+                "spearman": spearman(c, r) if len(r) > 1 else float("nan"),
+                "max_abs_diff": float(np.abs(np.asarray(c, dtype=np.float64) - r).max()),
+                "top1_agrees": bool(ref_order[0] == cand_order[0]),
+                f"identical_top{k}": bool(np.array_equal(ref_order[:k], cand_order[:k])),
+            }
+        )
+    return rows
+
+
+def rerank_parity(per_query: list[dict], candidate: list[np.ndarray], k: int = 10) -> dict[str, float]:
+    """The per-query agreement (``query_parity``) summarised over queries."""
+    spearmans = [q["spearman"] for q in per_query if not np.isnan(q["spearman"])]
     return {
-        f"mrr@{k}": float(1.0 / (first[0] + 1)) if first.size else 0.0,
-        f"ndcg@{k}": float((hits * discounts[: len(hits)]).sum() / ideal) if ideal > 0 else 0.0,
-        f"recall@{k}": float(hits.sum() / relevant.sum()) if relevant.any() else 0.0,
-    }
-
-
-def rerank_parity(reference: list[np.ndarray], candidate: list[np.ndarray], k: int = 10) -> dict[str, float]:
-    """Per-query agreement between two scorers over the same candidates."""
-    spearmans = [spearman(c, r) for c, r in zip(candidate, reference) if len(r) > 1]
-    spearmans = [s for s in spearmans if not np.isnan(s)]
-    return {
-        "n_scores": int(sum(len(r) for r in reference)),
-        "max_abs_diff": float(max(np.abs(c - r).max() for c, r in zip(candidate, reference))),
+        "n_scores": int(sum(len(c) for c in candidate)),
+        "max_abs_diff": float(max(q["max_abs_diff"] for q in per_query)),
         "mean_query_spearman": float(np.mean(spearmans)) if spearmans else float("nan"),
-        "top1_agreement": float(np.mean([ranking(c)[0] == ranking(r)[0] for c, r in zip(candidate, reference)])),
-        f"identical_top{k}_fraction": float(
-            np.mean([np.array_equal(ranking(c)[:k], ranking(r)[:k]) for c, r in zip(candidate, reference)])
-        ),
+        "top1_agreement": float(np.mean([q["top1_agrees"] for q in per_query])),
+        f"identical_top{k}_fraction": float(np.mean([q[f"identical_top{k}"] for q in per_query])),
         "finite": bool(all(np.isfinite(c).all() for c in candidate)),
     }
+
+
+def worst(values, n: int = 5, *, highest: bool = False) -> list[int]:
+    """Indices of the ``n`` worst values (lowest, or ``highest``); NaN counts as the worst of all."""
+    values = np.asarray(values, dtype=np.float64)
+    key = np.where(np.isnan(values), -np.inf, -values if highest else values)
+    return [int(i) for i in np.argsort(key, kind="stable")[:n]]
+
+
+# Paired bootstrap of a delta: resample items (pairs or queries) with replacement, the same indices for the
+# reference and the candidate, and take the 2.5th and 97.5th percentiles of the resampled deltas.
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_CONFIDENCE = 0.95
+BOOTSTRAP_DEFAULT = 1000
+
+
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    return stats.rankdata(x, axis=-1)  # ties get their average rank, as in scipy.stats.spearmanr
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis (NaN where either side is constant)."""
+    x = x - x.mean(axis=-1, keepdims=True)
+    y = y - y.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x * y).sum(axis=-1) / np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1))
+
+
+def _correlation_delta(correlation: str):
+    def statistic(candidate, reference, gold, axis=-1):
+        if correlation == "cosine_spearman":
+            candidate, reference, gold = _rank_rows(candidate), _rank_rows(reference), _rank_rows(gold)
+        return _pearson_rows(candidate, gold) - _pearson_rows(reference, gold)
+
+    return statistic
+
+
+def _mean_delta(candidate, reference, axis=-1):
+    return candidate.mean(axis=axis) - reference.mean(axis=axis)
+
+
+def paired_interval(statistic, samples: tuple, n_resamples: int, point: float) -> dict:
+    """The percentile bootstrap interval of ``statistic`` over paired ``samples`` (scipy.stats.bootstrap)."""
+    result = stats.bootstrap(
+        samples,
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=BOOTSTRAP_CONFIDENCE,
+        method="percentile",
+        batch=100,  # resamples per vectorized call: bounds memory on 10k-pair datasets
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    # + 0.0 turns a -0.0 percentile into 0.0, so an identical candidate reads [+0.0000, +0.0000].
+    low, high = float(result.confidence_interval.low) + 0.0, float(result.confidence_interval.high) + 0.0
+    return {"delta": float(point), "low": low, "high": high, "contains_zero": bool(low <= 0.0 <= high)}
+
+
+def sts_delta_intervals(candidate_scores, reference_scores, gold, n_resamples: int, point: dict) -> dict:
+    """Bootstrap intervals of the Spearman and Pearson deltas, resampling pairs."""
+    samples = tuple(
+        np.round(np.asarray(v, dtype=np.float64), SCORE_DECIMALS) for v in (candidate_scores, reference_scores)
+    ) + (np.asarray(gold, dtype=np.float64),)
+    return {m: paired_interval(_correlation_delta(m), samples, n_resamples, point[m]) for m in point}
+
+
+def mean_delta_intervals(candidate: dict, reference: dict, n_resamples: int) -> dict:
+    """Bootstrap intervals of per-query-mean deltas (MRR@10, NDCG@10, ...), resampling queries."""
+    intervals = {}
+    for metric in candidate:
+        cand, ref = np.asarray(candidate[metric], dtype=np.float64), np.asarray(reference[metric], dtype=np.float64)
+        intervals[metric] = paired_interval(_mean_delta, (cand, ref), n_resamples, cand.mean() - ref.mean())
+    return intervals

@@ -66,6 +66,59 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def signed(value: float, scale: float | None = None) -> str:
+    """A delta with its sign: 4 decimals, or 2 significant digits when everything shown with it (``scale``, the
+    largest magnitude) is below 1e-4, as parity deltas are."""
+    scale = abs(value) if scale is None else scale
+    return f"{value:+.4f}" if scale == 0 or scale >= 1e-4 or scale != scale else f"{value:+.1e}"
+
+
+def format_interval(delta: float, interval: dict | list | None) -> str:
+    """``-0.0012 [-0.0031, +0.0006]`` (the delta alone when no interval was computed), one format for all three."""
+    if not interval:
+        return signed(delta)
+    low, high = (interval["low"], interval["high"]) if isinstance(interval, dict) else interval
+    scale = max(abs(delta), abs(low), abs(high))
+    return f"{signed(delta, scale)} [{signed(low, scale)}, {signed(high, scale)}]"
+
+
+def interval_sentences(report: dict) -> list[str]:
+    """What the intervals say, in words: which contain 0, and that the gates do not read them."""
+    intervals = report.get("delta_ci") or {}
+    if not intervals:
+        return ["- bootstrap: off (`--bootstrap 0`): deltas without intervals"]
+    boot = report["bootstrap"]
+    zero = [m for m in report["metrics"] if intervals[m]["contains_zero"]]
+    apart = [m for m in report["metrics"] if not intervals[m]["contains_zero"]]
+    lines = [
+        f"- 95% intervals: paired bootstrap over {boot['resampled']}, {boot['n_resamples']} resamples, seed "
+        f"{boot['seed']}; the gates read the point estimate, the interval is for the reader"
+    ]
+    if zero:
+        lines.append(f"- the interval contains 0 (no difference detectable on this data) for: {', '.join(zero)}")
+    if apart:
+        lines.append(f"- the interval excludes 0 (candidate and reference differ) for: {', '.join(apart)}")
+    return lines
+
+
+def _clip(text: str, n: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _worst_lines(report: dict) -> list[str]:
+    worst = report.get("worst") or {}
+    items = worst.get("items") or []
+    if not items:
+        return []
+    keys = [k for k in items[0] if k not in ("text", "query")]
+    text_key = "text" if "text" in items[0] else "query"
+    lines = ["", f"Worst {len(items)} by {worst['by']}:", ""]
+    lines += ["| " + " | ".join([text_key, *keys]) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += ["| " + " | ".join([_clip(i[text_key]), *(_fmt(i[k]) for k in keys)]) + " |" for i in items]
+    return lines
+
+
 def render_markdown(report: dict, images: dict[str, str], figures: list[Figure]) -> str:
     status = "PASSED" if report["passed"] else "FAILED"
     ref, cand = report["reference"], report["candidate"]
@@ -78,14 +131,37 @@ def render_markdown(report: dict, images: dict[str, str], figures: list[Figure])
         f"- reference: PyTorch `{ref['model']}`",
     ]
     lines += [f"- {k}: `{v!r}`" for k, v in report.get("settings", {}).items()]
+    if "instruction_rule" in report:
+        lines.append(f"- instruction rule: {report['instruction_rule']} (not given = the default, '' = none)")
+    lines.append(
+        f"- full Hub split: {'yes' if report.get('full_split') else 'no'}; real weights: "
+        f"{'yes' if report.get('real_weights') else 'no'} (the model card's model-index takes only runs with both)"
+    )
+    if report.get("relevance"):
+        rel = report["relevance"]
+        graded = "graded qrels" if rel["graded"] else "binary qrels (positive/negative lists)"
+        lines.append(f"- relevance: {graded}; {rel['rule']}; computed by {rel['library']}")
+    if report.get("candidates"):
+        c = report["candidates"]
+        lines.append(
+            f"- candidates: {c['definition']} ({c['per_query_min']}-{c['per_query_max']}, mean {c['per_query_mean']} "
+            f"per query; {c['queries_without_nonrelevant']} queries have no non-relevant candidate)"
+        )
     if report.get("note"):
         lines.append(f"- note: {report['note']}")
     lines += ["", "| | " + " | ".join(report["metrics"]) + " |", "|---" * (len(report["metrics"]) + 1) + "|"]
     lines.append("| reference (PyTorch) | " + " | ".join(_fmt(ref[m]) for m in report["metrics"]) + " |")
     lines.append("| candidate (ONNX) | " + " | ".join(_fmt(cand[m]) for m in report["metrics"]) + " |")
-    lines.append("| delta | " + " | ".join(_fmt(cand[m] - ref[m]) for m in report["metrics"]) + " |")
+    intervals = report.get("delta_ci") or {}
+    lines.append(
+        "| delta [95% CI] | "
+        + " | ".join(format_interval(cand[m] - ref[m], intervals.get(m)) for m in report["metrics"])
+        + " |"
+    )
+    lines += ["", *interval_sentences(report)]
     lines += ["", "| parity | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report["parity"].items()]
+    lines += _worst_lines(report)
     lines += ["", "| threshold | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in report["thresholds"].items()]
     if report.get("placement"):

@@ -9,6 +9,7 @@ import numpy as np
 
 from qconv.artifact import Artifact
 from qconv.errors import QconvError
+from qconv.rerank_template import resolve_instruction
 from qconv.reranking import Reranker
 from qconv.runtime import resolve_providers
 
@@ -16,13 +17,39 @@ from . import metrics
 from .datasets import load_rerank
 from .reference_reranker import reference_scores
 from .report import log_gap_histogram, scatter_figure
-from .runner import base_report, finalize, open_for_validation, progress_bar, scored_results
+from .runner import (
+    base_report,
+    check_bootstrap,
+    finalize,
+    instruction_rule,
+    open_for_validation,
+    progress_bar,
+    scored_results,
+)
 
 RANK_METRICS = ["mrr@10", "ndcg@10", "recall@10"]
 
 
+def _by_metric(per_query: list[dict[str, float]]) -> dict[str, list[float]]:
+    return {m: [q[m] for q in per_query] for m in RANK_METRICS}
+
+
 def _mean_metrics(per_query: list[dict[str, float]]) -> dict[str, float]:
-    return {m: float(np.mean([q[m] for q in per_query])) for m in RANK_METRICS}
+    return {m: float(np.mean(values)) for m, values in _by_metric(per_query).items()}
+
+
+def _worst_queries(data, judged: list[int], per_query: list[dict], ref_q: list[dict], cand_q: list[dict]) -> list:
+    """The 5 queries where the candidate's ranking agrees least with the reference's (lowest Spearman)."""
+    rows = []
+    for i in metrics.worst([per_query[i]["spearman"] for i in range(len(per_query))]):
+        q = data.queries[i]
+        row = {"query_id": q.query_id, "query": q.query, "n_candidates": len(q.documents), **per_query[i]}
+        if i in judged:
+            at = judged.index(i)
+            row.update({f"reference_{m}": ref_q[at][m] for m in ("mrr@10", "ndcg@10")})
+            row.update({f"candidate_{m}": cand_q[at][m] for m in ("mrr@10", "ndcg@10")})
+        rows.append(row)
+    return rows
 
 
 def validate_reranker(
@@ -41,10 +68,12 @@ def validate_reranker(
     max_abs_score_diff: float | None = None,
     min_top1_agreement: float | None = None,
     max_abs_delta: float | None = None,
+    bootstrap: int = metrics.BOOTSTRAP_DEFAULT,
     offline: bool = False,
     note: str | None = None,
     raise_on_fail: bool = True,
 ) -> dict:
+    """``instruction``: None = the artifact's default, '' = none (the template's instruction slot left empty)."""
     started = time.perf_counter()
     art, spec, precision, thresholds = open_for_validation(
         artifact,
@@ -58,12 +87,13 @@ def validate_reranker(
     )
     if batch_size < 1:
         raise QconvError(f"--batch-size must be positive, got {batch_size}")
+    check_bootstrap(bootstrap)
     provider_list = resolve_providers(providers)
     data = load_rerank(
         spec, data_files=data_files, split=split, limit=limit, max_candidates=max_candidates, offline=offline
     )
     reranker = Reranker(art, variant=variant, providers=provider_list)
-    chosen_instruction = instruction or art.manifest["reranker"]["instruction"]
+    chosen_instruction = resolve_instruction(instruction, art.manifest["reranker"]["instruction"])
     sequences, bounds = [], []
     for q in data.queries:
         start = len(sequences)
@@ -82,13 +112,32 @@ def validate_reranker(
 
     ref_by_query = [ref[a:b] for a, b in bounds]
     cand_by_query = [candidate[a:b] for a, b in bounds]
-    judged = [i for i, q in enumerate(data.queries) if any(q.relevant)]
+    threshold = data.relevance_threshold
+    judged = [i for i, q in enumerate(data.queries) if any(q.relevant(threshold))]
     if not judged:
-        raise QconvError(f"dataset {data.location}: no query has a positive passage, so no ranking metric is defined")
-    ref_metrics = _mean_metrics([metrics.rank_metrics(ref_by_query[i], data.queries[i].relevant) for i in judged])
-    cand_metrics = _mean_metrics([metrics.rank_metrics(cand_by_query[i], data.queries[i].relevant) for i in judged])
-    parity = metrics.rerank_parity(ref_by_query, cand_by_query)
-    report = base_report(spec, data, variant, precision, provider_list)
+        raise QconvError(
+            f"dataset {data.location}: no query has a passage of relevance >= {threshold}, "
+            "so no ranking metric is defined"
+        )
+
+    def per_query(scores: list[np.ndarray]) -> list[dict[str, float]]:
+        chosen = [data.queries[i] for i in judged]
+        return metrics.rank_metrics(
+            [scores[i] for i in judged], [q.doc_ids for q in chosen], [q.grades for q in chosen], threshold=threshold
+        )
+
+    ref_per_query, cand_per_query = per_query(ref_by_query), per_query(cand_by_query)
+    ref_metrics, cand_metrics = _mean_metrics(ref_per_query), _mean_metrics(cand_per_query)
+    doc_ids = [q.doc_ids for q in data.queries]
+    parity_by_query = metrics.query_parity(ref_by_query, cand_by_query, doc_ids)
+    parity = metrics.rerank_parity(parity_by_query, cand_by_query)
+    intervals = (
+        metrics.mean_delta_intervals(_by_metric(cand_per_query), _by_metric(ref_per_query), bootstrap)
+        if bootstrap
+        else {}
+    )
+    sizes = [len(q.documents) for q in data.queries]
+    report = base_report(spec, data, variant, precision, provider_list, art)
     report.update(
         {
             "n_queries": len(data),
@@ -97,9 +146,25 @@ def validate_reranker(
             "max_candidates": max_candidates,
             "size": f"{len(data)} queries, {len(sequences)} pairs",
             "instruction": chosen_instruction,
+            "instruction_rule": instruction_rule(instruction),
+            "relevance": {
+                "graded": data.graded,
+                "threshold": threshold,
+                "rule": f"NDCG@10 gains are the grades; MRR@10 and Recall@10 count grade >= {threshold} as relevant",
+                "library": "trec_eval (pytrec-eval-terrier): ties by descending document id",
+            },
+            "candidates": {
+                "definition": data.candidates,
+                "per_query_min": min(sizes),
+                "per_query_mean": round(float(np.mean(sizes)), 2),
+                "per_query_max": max(sizes),
+                "queries_without_nonrelevant": sum(all(q.relevant(threshold)) for q in data.queries),
+                "duplicates_dropped": data.duplicates_dropped,
+            },
             "settings": {
                 "instruction": chosen_instruction,
                 "max_candidates": max_candidates,
+                "relevance_threshold": threshold,
                 "format": art.manifest["reranker"]["format"],
             },
             "metrics": RANK_METRICS,
@@ -109,8 +174,15 @@ def validate_reranker(
                 cand_metrics,
                 reference_info,
                 {"pairs_per_second": round(len(sequences) / max(candidate_seconds, 1e-9), 2)},
+                intervals,
+                bootstrap,
+                "queries",
             ),
             "parity": parity,
+            "worst": {
+                "by": "per-query Spearman between candidate and reference scores (lowest first)",
+                "items": _worst_queries(data, judged, parity_by_query, ref_per_query, cand_per_query),
+            },
             "thresholds": thresholds,
             "note": note,
             "seconds": round(time.perf_counter() - started, 2),

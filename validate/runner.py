@@ -11,6 +11,7 @@ from qconv.artifact import REPORTS_DIR, Artifact, now_iso
 from qconv.console import console
 from qconv.errors import GateFailed, QconvError
 
+from . import metrics
 from .datasets import DatasetSpec, dataset_spec
 from .report import Figure, write_report
 from .thresholds import check, thresholds_for
@@ -68,7 +69,27 @@ def placement_summary(art: Artifact, variant: str, providers: list[str]) -> dict
     return summary
 
 
-def base_report(spec: DatasetSpec, data, variant: str, precision: str, providers: list[str]) -> dict:
+def has_real_weights(art: Artifact) -> bool:
+    """False for qconv's random-weight test models (the manifest's note, the marker or the README)."""
+    from qconv.testmodels import is_random_weight_model
+
+    source = art.manifest.get("source") or {}
+    return "random weights" not in str(source.get("weights") or "") and not is_random_weight_model(source.get("path"))
+
+
+def check_bootstrap(n: int) -> None:
+    if n is None or n < 0 or int(n) != n:
+        raise QconvError(f"--bootstrap must be a whole number >= 0 (0 turns it off), got {n}")
+
+
+def instruction_rule(instruction: str | None) -> str:
+    """How ``--instruction`` was read, the same for every task."""
+    if instruction is None:
+        return "default (no --instruction given)"
+    return "none (--instruction '')" if instruction == "" else "given"
+
+
+def base_report(spec: DatasetSpec, data, variant: str, precision: str, providers: list[str], art: Artifact) -> dict:
     return {
         "dataset": spec.name,
         "dataset_description": spec.description,
@@ -78,6 +99,9 @@ def base_report(spec: DatasetSpec, data, variant: str, precision: str, providers
         "source": data.source,
         "location": data.location,
         "fingerprint": data.fingerprint,
+        # The model card's model-index takes a result only when both hold (qconv/card.py).
+        "full_split": data.full_split,
+        "real_weights": has_real_weights(art),
         "variant": variant,
         "precision": precision,
         "providers": providers,
@@ -86,12 +110,32 @@ def base_report(spec: DatasetSpec, data, variant: str, precision: str, providers
     }
 
 
-def scored_results(metric: str, ref_metrics: dict, cand_metrics: dict, reference_info: dict, throughput: dict) -> dict:
-    """The reference/candidate/delta part of a report, main metric first."""
+def scored_results(
+    metric: str,
+    ref_metrics: dict,
+    cand_metrics: dict,
+    reference_info: dict,
+    throughput: dict,
+    intervals: dict,
+    n_resamples: int,
+    unit: str,
+) -> dict:
+    """The reference/candidate/delta part of a report, main metric first, with each delta's bootstrap interval.
+
+    The gates read the point estimate (``delta``); the interval (``delta_ci``) is for the reader."""
+    bootstrap = {"n_resamples": n_resamples, "resampled": unit}
+    if n_resamples:
+        bootstrap.update(
+            seed=metrics.BOOTSTRAP_SEED,
+            confidence=metrics.BOOTSTRAP_CONFIDENCE,
+            method="paired percentile bootstrap (scipy.stats.bootstrap), same indices for reference and candidate",
+        )
     return {
         "reference": {**reference_info, "metric_value": ref_metrics[metric], **ref_metrics},
         "candidate": {"metric_value": cand_metrics[metric], **cand_metrics, **throughput},
         "delta": cand_metrics[metric] - ref_metrics[metric],
+        "delta_ci": intervals,
+        "bootstrap": bootstrap,
     }
 
 
@@ -108,10 +152,15 @@ def finalize(
     validated = {rel: art.files.get(rel) for rel in art.variant_files(report["variant"])}
     with art.staged_outputs(REPORTS_DIR) as stage:  # reports and manifest in one step (see staged_outputs)
         paths = write_report(stage, report, figures)
-        summary = {k: report[k] for k in ("dataset", "split", "source", "size", "metric", "delta", "passed")}
+        summary = {
+            k: report[k]
+            for k in ("dataset", "split", "source", "size", "metric", "delta", "full_split", "real_weights", "passed")
+        }
+        interval = report["delta_ci"].get(metric)
         summary.update(
             reference=report["reference"][metric],
             candidate=report["candidate"][metric],
+            delta_ci=[interval["low"], interval["high"]] if interval else None,
             report=f"{REPORTS_DIR}/{paths['json'].name}",
             variant_sha256=validated,
         )
@@ -136,6 +185,9 @@ def print_summary(report: dict, md_path: Path) -> None:
     table.add_row("PyTorch", *[f"{ref[m]:.6f}" for m in report["metrics"]])
     table.add_row("ONNX", *[f"{cand[m]:.6f}" for m in report["metrics"]])
     table.add_row("delta", *[f"{cand[m] - ref[m]:+.2e}" for m in report["metrics"]])
+    if report["delta_ci"]:
+        intervals = [report["delta_ci"][m] for m in report["metrics"]]
+        table.add_row("95% CI", *[f"[{ci['low']:+.2e}, {ci['high']:+.2e}]" for ci in intervals])
     console.print(table)
     shown = ", ".join(f"{k}={v:.7g}" for k, v in report["parity"].items() if isinstance(v, float))
     console.print(f"parity: {shown}")
