@@ -146,5 +146,12 @@ def test_bad_input(artifact_copy, run_cli):
     code, _, err = run_cli("fallback", artifact_copy, "--variant", "q4")
     assert code == 2 and "no variant 'q4'" in err
     (artifact_copy / "onnx" / "model.onnx").write_bytes(b"garbage")
+    code, _, err = run_cli("fallback", artifact_copy)  # damaged since export: the integrity check says so
+    assert code == 2 and "onnx/model.onnx changed since qconv recorded it" in err and len(err.strip().splitlines()) == 1
+    from qconv.artifact import Artifact
+
+    art = Artifact(artifact_copy)
+    art.record_files("onnx/model.onnx")  # garbage as recorded: the ONNX reader's refusal is one line too
+    art.save()
     code, _, err = run_cli("fallback", artifact_copy)
     assert code == 2 and "not a readable ONNX model" in err and len(err.strip().splitlines()) == 1
