@@ -97,23 +97,28 @@ class TorchEmbedder:
         self.max_length = max_length
 
     def encode(
-        self, texts: Sequence[str], *, prompt: str | None = None, batch_size: int = 32, progress=None
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        batch_tokens: int | None = None,
+        progress=None,
     ) -> np.ndarray:
+        """Embeddings, truncated to ``max_length`` tokens, batched (like the ONNX runtime) by token length:
+        at most ``batch_size`` texts and ``batch_tokens`` padded tokens per batch."""
+        from qconv.rerank_template import pad_batch
+        from qconv.runtime import DEFAULT_BATCH_TOKENS, token_batches
+
         torch = _torch()
         inputs = [(prompt or "") + t for t in texts]
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
+        token_ids = self.tokenizer(inputs, truncation=True, max_length=self.max_length)["input_ids"] if inputs else []
+        pad_id, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
         out: np.ndarray | None = None
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = self.tokenizer(
-                    [inputs[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                _, emb = self.module(batch["input_ids"], batch["attention_mask"])
+            for idx in token_batches([len(t) for t in token_ids], batch_size, batch_tokens or DEFAULT_BATCH_TOKENS):
+                ids, mask = pad_batch([token_ids[i] for i in idx], pad_id, side)
+                _, emb = self.module(torch.from_numpy(ids), torch.from_numpy(mask))
                 if out is None:
                     out = np.empty((len(inputs), emb.shape[-1]), dtype=np.float32)
                 out[idx] = emb.float().numpy()

@@ -337,6 +337,13 @@ def _only_for(kind: str, dataset: str, **given) -> None:
 @click.option("--reference", help="PyTorch reference model [default: the manifest's source model].")
 @click.option("--providers", help="Comma-separated onnxruntime execution providers [default: CPU].")
 @click.option("--batch-size", type=int, help="Texts (or pairs) per batch [default: 32, msmarco 8].")
+@click.option(
+    "--batch-tokens",
+    type=int,
+    default=8192,
+    show_default=True,
+    help="At most this many padded tokens per batch (bounds memory for long texts).",
+)
 @click.option("--instruction", help="Instruction for instruction-following models ('' for none).")
 @click.option("--dim", type=int, help="Matryoshka: truncate embeddings to D dimensions and renormalise.")
 @click.option("--min-cosine", type=float, help="Gate: minimum per-text cosine (parity.cosine_min).")
@@ -357,6 +364,7 @@ def validate(
     reference,
     providers,
     batch_size,
+    batch_tokens,
     instruction,
     dim,
     min_cosine,
@@ -385,6 +393,7 @@ def validate(
         instruction=instruction,
         max_abs_delta=max_delta,
         offline=offline,
+        batch_tokens=batch_tokens,
         raise_on_fail=False,
     )
     with console_on_stderr(as_json):
@@ -397,7 +406,7 @@ def validate(
                 art,
                 dataset,
                 max_candidates=max_candidates or 30,
-                batch_size=batch_size or 8,
+                batch_size=8 if batch_size is None else batch_size,
                 max_abs_score_diff=max_score_diff,
                 min_top1_agreement=min_top1,
                 **common,
@@ -411,7 +420,7 @@ def validate(
             report = validate_embedding(
                 art,
                 dataset,
-                batch_size=batch_size or 32,
+                batch_size=32 if batch_size is None else batch_size,
                 dim=dim,
                 min_cosine=min_cosine,
                 min_cosine_mean=min_cosine_mean,
