@@ -53,10 +53,18 @@ def _load(model_dir: Path, fmt: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     require_safetensors(model_dir)
+    from safetensors import SafetensorError
+
+    from qconv.errors import one_line
+
     cls = AutoModelForSequenceClassification if fmt == "seq-cls" else AutoModelForCausalLM
-    return cls.from_pretrained(
-        model_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True, attn_implementation="sdpa"
-    ).eval()
+    try:
+        model = cls.from_pretrained(
+            model_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
+        raise QconvError(f"could not load the model in {model_dir}: {one_line(exc)}") from exc
+    return model.eval()
 
 
 def export_reranker(

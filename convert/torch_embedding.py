@@ -50,6 +50,7 @@ def require_safetensors(model_dir: Path) -> None:
 
 def load_base_model(model_dir: Path):
     """Load the transformers base model (fp32, safetensors only, no remote code)."""
+    from safetensors import SafetensorError
     from transformers import AutoModel
 
     from qconv.console import quiet_libraries
@@ -64,8 +65,8 @@ def load_base_model(model_dir: Path):
             use_safetensors=True,
             attn_implementation="sdpa",
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise QconvError(f"could not load the model in {model_dir}: {one_line(exc)}") from None
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
+        raise QconvError(f"could not load the model in {model_dir}: {one_line(exc)}") from exc
     return model.eval()
 
 
@@ -77,8 +78,8 @@ def load_tokenizer(model_dir: Path, padding_side: str | None = None):
     quiet_libraries()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, use_fast=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise QconvError(f"could not load the tokenizer in {model_dir}: {one_line(exc)}") from None
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a corrupt tokenizer.json
+        raise QconvError(f"could not load the tokenizer in {model_dir}: {one_line(exc)}") from exc
     if not tokenizer.is_fast:
         raise QconvError(f"{model_dir}: qconv needs a fast (tokenizer.json) tokenizer")
     if padding_side:

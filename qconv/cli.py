@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -468,11 +469,38 @@ def demo(output_root, task) -> None:
     run_demo(output_root, task=task)
 
 
+# The machine's state, not a qconv bug: a read-only or full disk, no permission, a quota, a file as a directory.
+ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR})
+
+
+def environment_error(exc: BaseException) -> OSError | None:
+    """The OSError of the environment behind ``exc`` (itself or a cause it was raised from), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("QCONV_DEBUG"))
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)  # chained causes included
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit status 2 (1 for a failed gate)."""
     try:
         cli.main(args=argv, prog_name="qconv", standalone_mode=False)
     except QconvError as exc:
+        if _debug() and (exc.__cause__ or exc.__context__):
+            _print_traceback(exc)
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
@@ -487,7 +515,14 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: interrupted", err=True)
         return 130
     except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
-        if os.environ.get("QCONV_DEBUG"):
+        env = environment_error(exc)
+        if env is not None:
+            if _debug():
+                _print_traceback(exc)
+            where = env.filename or env.filename2 or "a file qconv was writing"
+            click.echo(f"error: {where}: {os.strerror(env.errno)}", err=True)
+            return 2
+        if _debug():
             raise
         click.echo(
             f"error: internal error: {type(exc).__name__}: {one_line(exc)} (set QCONV_DEBUG=1 for the traceback)",

@@ -149,7 +149,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise QconvError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        raise QconvError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from exc
     if root is None:
         raise QconvError(f"{path}: the recipe is empty")
     return _Reader(path).recipe(root)

@@ -47,7 +47,7 @@ def open_session(model_path: Path, providers: Sequence[str], threads: int | None
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt or invalid graphs
-        raise QconvError(f"onnxruntime cannot load {model_path}: {one_line(exc)}") from None
+        raise QconvError(f"onnxruntime cannot load {model_path}: {one_line(exc)}") from exc
 
 
 def load_fast_tokenizer(artifact_dir: Path, *, padding_side: str, max_length: int):
@@ -56,9 +56,17 @@ def load_fast_tokenizer(artifact_dir: Path, *, padding_side: str, max_length: in
     tokenizer_file = artifact_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise QconvError(f"{artifact_dir} has no tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a corrupt file
+        raise QconvError(f"{tokenizer_file} is not a readable tokenizer ({one_line(exc)})") from exc
     config_file = artifact_dir / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QconvError(f"{config_file} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise QconvError(f"{config_file} is not a JSON object")
     pad_token = config.get("pad_token")
     if isinstance(pad_token, dict):
         pad_token = pad_token.get("content")
