@@ -7,11 +7,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, variant_file, write_new_manifest
+from qconv.artifact import (
+    BASE_VARIANT,
+    base_variant_entry,
+    refuse_existing_output,
+    staged_directory,
+    variant_file,
+    write_new_manifest,
+)
 from qconv.console import console
 from qconv.errors import QconvError
 
-from .onnx_graph import export_module, release_weights
+from .onnx_graph import check_opset, export_module, release_weights
 from .parity import ParityThresholds, compare_embedding_parity, embedding_reference, require_parity
 from .pooling import resolve_pooling
 from .source import SourceModel, load_config_dict, require_tokenizer, resolve_source
@@ -62,6 +69,9 @@ def export_embedding(
 ) -> ExportResult:
     started = time.perf_counter()
     source = resolve_source(model, revision)
+    target = Path(output) if output else Path("artifacts") / source.name
+    check_opset(opset)  # the checks that need no model come before the slow loading
+    refuse_existing_output(target, overwrite)
     config = load_config_dict(source.path)
     model_type = config.get("model_type")
     if not model_type:
@@ -74,7 +84,6 @@ def export_embedding(
     max_length = resolve_max_length(source.path, tokenizer, config, spec)
     st_config, prompts_source = source_prompts(source.path, spec.default_prompts)
     dimension = int(config["hidden_size"])
-    target = Path(output) if output else Path("artifacts") / source.name
 
     with console.status(f"loading {source.id}"):
         module = build_embedding_module(load_base_model(source.path), choice.mode, normalize)

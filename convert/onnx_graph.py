@@ -60,6 +60,11 @@ class ExportedGraph:
     rewrites_skipped: tuple[str, ...]  # exporter optimizer rules left out (recorded in the manifest)
 
 
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise QconvError(f"--opset {opset} is not supported (the exporter handles {MIN_OPSET} to {MAX_OPSET})")
+
+
 def export_module(
     module,
     example_inputs: tuple,
@@ -76,8 +81,7 @@ def export_module(
     import onnx_ir as ir
     import torch
 
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise QconvError(f"--opset {opset} is not supported (the exporter handles {MIN_OPSET} to {MAX_OPSET})")
+    check_opset(opset)
     dims: dict[str, object] = {}
     dynamic_shapes = {
         name: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}

@@ -6,13 +6,20 @@ import shutil
 import time
 from pathlib import Path
 
-from qconv.artifact import BASE_VARIANT, base_variant_entry, staged_directory, variant_file, write_new_manifest
+from qconv.artifact import (
+    BASE_VARIANT,
+    base_variant_entry,
+    refuse_existing_output,
+    staged_directory,
+    variant_file,
+    write_new_manifest,
+)
 from qconv.console import console
 from qconv.errors import QconvError
 from qconv.rerank_template import PairEncoder
 
 from .export import DEFAULT_OPSET, ExportResult
-from .onnx_graph import export_module, release_weights
+from .onnx_graph import check_opset, export_module, release_weights
 from .parity import compare_reranker_parity, require_reranker_parity, reranker_reference
 from .seqcls import (
     VERIFY_PAIRS,
@@ -81,6 +88,10 @@ def export_reranker(
 ) -> ExportResult:
     started = time.perf_counter()
     source = resolve_source(model, revision)
+    fmt = "seq-cls" if seq_cls else "causal-lm"
+    target = Path(output) if output else Path("artifacts") / f"{source.name}-{fmt}"
+    check_opset(opset)  # the checks that need no model come before the slow loading
+    refuse_existing_output(target, overwrite)
     config = load_config_dict(source.path)
     model_type = config.get("model_type") or ""
     require_tokenizer(source.path, model_type)
@@ -98,7 +109,6 @@ def export_reranker(
     max_length = max_length or limit
     encoder = PairEncoder(fast, spec.template, max_length)
     pad_id = hf_tokenizer.pad_token_id
-    fmt = "seq-cls" if seq_cls else "causal-lm"
     if not seq_cls:
         console.print(
             "[yellow]warning: exporting the causal-LM format: full-vocabulary logits for every position, "
@@ -125,7 +135,6 @@ def export_reranker(
             f"{conversion['max_abs_diff']:.2e} over {conversion['pairs']} pairs, left and right padding"
         )
 
-    target = Path(output) if output else Path("artifacts") / f"{source.name}-{fmt}"
     with staged_directory(target, overwrite=overwrite) as tmp:
         onnx_path = tmp / variant_file(BASE_VARIANT)
         sequences = [encoder.encode(q, d) for q, d in VERIFY_PAIRS]

@@ -97,6 +97,15 @@ def variant_file(variant: str) -> str:
     return f"{ONNX_DIR}/model.onnx" if variant == BASE_VARIANT else f"{ONNX_DIR}/model_{variant}.onnx"
 
 
+def refuse_existing_output(target: Path, overwrite: bool) -> None:
+    """The output check, callable before any slow work (model loading) as well as when staging."""
+    target = Path(target).resolve()
+    if target.exists() and not target.is_dir():
+        raise QconvError(f"output {target} is a file, not a directory")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise QconvError(f"output directory {target} already exists and is not empty (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block completes.
@@ -104,8 +113,7 @@ def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     On any exception the temporary directory is removed and ``target`` is left exactly as it was.
     """
     target = Path(target).resolve()
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise QconvError(f"output directory {target} already exists and is not empty (pass --overwrite to replace it)")
+    refuse_existing_output(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
