@@ -203,7 +203,7 @@ def test_non_utf8_jsonl(artifact_copy, tmp_path):
         [artifact_copy],
         lambda: qconv("validate", artifact_copy, "--dataset", "sts12", "--data-files", data),
         "not UTF-8",
-        "offset 16",
+        "offset 17",
     )
 
 
