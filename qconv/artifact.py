@@ -102,6 +102,9 @@ def refuse_existing_output(target: Path, overwrite: bool) -> None:
     target = Path(target).resolve()
     if target.exists() and not target.is_dir():
         raise QconvError(f"output {target} is a file, not a directory")
+    blocking = next((p for p in target.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise QconvError(f"output {target}: {blocking} is a file, not a directory")
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise QconvError(f"output directory {target} already exists and is not empty (pass --overwrite to replace it)")
 

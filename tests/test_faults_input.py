@@ -351,3 +351,12 @@ def test_q4_does_not_flood_stderr_with_onnxruntime_info(artifact_copy):
     assert proc.returncode == 0, proc.stderr
     assert "[INFO]" not in proc.stderr and "[INFO]" not in proc.stdout
     assert staging_left(artifact_copy) == []
+
+
+def test_export_output_under_a_regular_file(model_copy, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    expect_untouched(
+        [model_copy, tmp_path],
+        lambda: qconv("export", "embedding", "--model", model_copy, "--output", tmp_path / "afile" / "art"),
+        "is a file, not a directory",
+    )
