@@ -133,7 +133,7 @@ def test_validate_rejects_a_non_positive_token_budget(artifact_copy):
     expect_untouched(
         [artifact_copy],
         lambda: qconv("validate", artifact_copy, "--dataset", "sts12", "--offline", "--batch-tokens", "0"),
-        "--batch-tokens",
+        "--batch-tokens must be positive",
     )
 
 
