@@ -18,7 +18,7 @@ from qconv.artifact import (
 from qconv.console import console
 from qconv.errors import QconvError
 
-from .onnx_graph import export_module, release_weights
+from .onnx_graph import check_opset, export_module, release_weights
 from .parity import ParityThresholds, compare_embedding_parity, embedding_reference, require_parity
 from .pooling import resolve_pooling
 from .source import SourceModel, load_config_dict, require_tokenizer, resolve_source
@@ -70,7 +70,8 @@ def export_embedding(
     started = time.perf_counter()
     source = resolve_source(model, revision)
     target = Path(output) if output else Path("artifacts") / source.name
-    # Before any loading: never replace the source model, its parent or a folder qconv did not make.
+    check_opset(opset)  # the checks that need no model come before the slow loading
+    # Never replace the source model, its parent or a folder qconv did not make.
     check_output_dir(target, overwrite=overwrite, protected=[source.path])
     config = load_config_dict(source.path)
     model_type = config.get("model_type")

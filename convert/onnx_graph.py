@@ -60,6 +60,11 @@ class ExportedGraph:
     rewrites_skipped: tuple[str, ...]  # exporter optimizer rules left out (recorded in the manifest)
 
 
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise QconvError(f"--opset {opset} is not supported (the exporter handles {MIN_OPSET} to {MAX_OPSET})")
+
+
 def export_module(
     module,
     example_inputs: tuple,
@@ -76,8 +81,7 @@ def export_module(
     import onnx_ir as ir
     import torch
 
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise QconvError(f"--opset {opset} is not supported (the exporter handles {MIN_OPSET} to {MAX_OPSET})")
+    check_opset(opset)
     dims: dict[str, object] = {}
     dynamic_shapes = {
         name: {axis: dims.setdefault(label, torch.export.Dim(label)) for axis, label in axes.items()}
@@ -109,7 +113,7 @@ def export_module(
                 verbose=False,
             )
         except Exception as exc:
-            raise QconvError(f"ONNX export failed: {one_line(exc)}") from None
+            raise QconvError(f"ONNX export failed: {one_line(exc)}") from exc
     ir.save(program.model, path, external_data=external_data_name(path) if external_data else None)
     # The exporter's IR keeps every weight alive through module-level references; drop them so that
     # ``release_weights`` can really free the PyTorch copy before the ONNX session loads.
@@ -133,10 +137,20 @@ def release_weights(module) -> None:
     gc.collect()
 
 
+def read_onnx(path: Path, load_external_data: bool = True):
+    """``onnx.load`` whose failure on a damaged file (truncated, not ONNX) is one line naming the file."""
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf's DecodeError, a missing or short external-data file, ...
+        raise QconvError(f"{path} is not a readable ONNX model ({one_line(exc)}); re-export it") from exc
+
+
 def check_onnx_file(path: Path) -> None:
     import onnx
 
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise QconvError(f"{path} is not a valid ONNX model: {one_line(exc)}") from None
+        raise QconvError(f"{path} is not a valid ONNX model: {one_line(exc)}") from exc

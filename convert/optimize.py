@@ -138,7 +138,7 @@ def ort_basic(source: Path, target: Path, external: bool) -> None:
     try:
         ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise QconvError(f"onnxruntime could not optimize {source.name}: {one_line(exc)}") from None
+        raise QconvError(f"onnxruntime could not optimize {source.name}: {one_line(exc)}") from exc
     _restore_graph_details(source, target)
 
 

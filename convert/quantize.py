@@ -21,6 +21,7 @@ from qconv.console import console
 from qconv.errors import QconvError, one_line
 
 from .graph_passes import convert_to_fp16, quantize_embedding_gathers, unique_node_names
+from .onnx_graph import read_onnx
 from .variants import check_staged, file_facts, install_staged, needs_external_data, save_model, staging_dir
 
 INT8_PRESETS = {
@@ -47,6 +48,26 @@ def _without_preprocess_advice():
         yield
     finally:
         root.removeFilter(advice_filter)
+
+
+# MatMulNBits accuracy levels: 0 = the kernel's default, 1-4 = fp32, fp16, bf16, int8 compute.
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+
+
+@contextlib.contextmanager
+def _quiet_nbits_quantizer():
+    """onnxruntime's 4-bit quantizer calls ``logging.basicConfig(level=INFO)`` when imported and logs one INFO
+    line per node (~258 on Qwen3): keep its logger at WARNING and the root logger's level as it was."""
+    root = logging.getLogger()
+    root_level = root.level
+    nbits = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    nbits_level = nbits.level
+    nbits.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(root_level)
+        nbits.setLevel(nbits_level)
 
 
 def detect_preset() -> str:
@@ -149,10 +170,19 @@ class _BlockwiseQ4(QuantizationMode):
     def validate_options(self, options):
         if options.block_size not in (16, 32, 64, 128, 256):
             raise QconvError(f"--block-size {options.block_size} is not supported (16, 32, 64, 128 or 256)")
+        if options.accuracy_level is not None and options.accuracy_level not in ACCURACY_LEVELS:
+            raise QconvError(
+                f"--accuracy-level {options.accuracy_level} is not a MatMulNBits accuracy level "
+                f"({', '.join(map(str, ACCURACY_LEVELS))})"
+            )
 
     def quantize_q4(self, model, options, excluded):
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        with _quiet_nbits_quantizer():
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+            return self._quantize_q4(MatMulNBitsQuantizer, model, options, excluded)
+
+    def _quantize_q4(self, MatMulNBitsQuantizer, model, options, excluded):
         quantizer = MatMulNBitsQuantizer(
             model,
             bits=4,
@@ -310,8 +340,6 @@ def quantize(
     overwrite: bool = False,
 ) -> tuple[str, dict]:
     """Write ``onnx/model_<variant>.onnx`` from ``source_variant``; returns (variant, manifest entry)."""
-    import onnx
-
     started = time.perf_counter()
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
     options = options or QuantizeOptions()
@@ -327,7 +355,7 @@ def quantize(
 
     with staging_dir(art, "quantize") as work:
         with console.status(f"quantizing {source_variant} -> {variant} ({mode})"):
-            model = onnx.load(str(src))
+            model = read_onnx(src)
             unique_node_names(model)
             excluded = _matching_nodes(model, options.exclude) if options.exclude else set()
             try:
@@ -335,7 +363,7 @@ def quantize(
             except QconvError:
                 raise
             except Exception as exc:
-                raise QconvError(f"{mode} quantization of {source_variant} failed: {one_line(exc)}") from None
+                raise QconvError(f"{mode} quantization of {source_variant} failed: {one_line(exc)}") from exc
             unique_node_names(result)
             staged = work / target.name
             save_model(result, staged, needs_external_data(src))

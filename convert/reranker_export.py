@@ -19,7 +19,7 @@ from qconv.errors import QconvError
 from qconv.rerank_template import PairEncoder
 
 from .export import DEFAULT_OPSET, ExportResult
-from .onnx_graph import export_module, release_weights
+from .onnx_graph import check_opset, export_module, release_weights
 from .parity import compare_reranker_parity, require_reranker_parity, reranker_reference
 from .seqcls import (
     VERIFY_PAIRS,
@@ -60,10 +60,18 @@ def _load(model_dir: Path, fmt: str):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     require_safetensors(model_dir)
+    from safetensors import SafetensorError
+
+    from qconv.errors import one_line
+
     cls = AutoModelForSequenceClassification if fmt == "seq-cls" else AutoModelForCausalLM
-    return cls.from_pretrained(
-        model_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True, attn_implementation="sdpa"
-    ).eval()
+    try:
+        model = cls.from_pretrained(
+            model_dir, dtype=torch.float32, trust_remote_code=False, use_safetensors=True, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
+        raise QconvError(f"could not load the model in {model_dir}: {one_line(exc)}") from exc
+    return model.eval()
 
 
 def export_reranker(
@@ -80,6 +88,11 @@ def export_reranker(
 ) -> ExportResult:
     started = time.perf_counter()
     source = resolve_source(model, revision)
+    fmt = "seq-cls" if seq_cls else "causal-lm"
+    target = Path(output) if output else Path("artifacts") / f"{source.name}-{fmt}"
+    check_opset(opset)  # the checks that need no model come before the slow loading
+    # Never replace the source model, its parent or a folder qconv did not make.
+    check_output_dir(target, overwrite=overwrite, protected=[source.path])
     config = load_config_dict(source.path)
     model_type = config.get("model_type") or ""
     require_tokenizer(source.path, model_type)
@@ -97,10 +110,6 @@ def export_reranker(
     max_length = max_length or limit
     encoder = PairEncoder(fast, spec.template, max_length)
     pad_id = hf_tokenizer.pad_token_id
-    fmt = "seq-cls" if seq_cls else "causal-lm"
-    target = Path(output) if output else Path("artifacts") / f"{source.name}-{fmt}"
-    # Before any loading: never replace the source model, its parent or a folder qconv did not make.
-    check_output_dir(target, overwrite=overwrite, protected=[source.path])
     if not seq_cls:
         console.print(
             "[yellow]warning: exporting the causal-LM format: full-vocabulary logits for every position, "

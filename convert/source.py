@@ -93,7 +93,7 @@ def _download(repo_id: str, revision: str | None) -> SourceModel:
         raise QconvError(
             f"could not get '{repo_id}' from the Hugging Face Hub ({reason}); offline or without access, "
             f"pass --model DIR with a local copy"
-        ) from None
+        ) from exc
     local_path = Path(local)
     return SourceModel(local_path, repo_id, "hub", resolved, content_hash(local_path))
 
@@ -116,10 +116,14 @@ def _hub_failure_reason(exc: BaseException) -> str:
 
 
 def load_config_dict(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
     try:
-        return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise QconvError(f"{model_dir / 'config.json'} is not valid JSON ({exc})") from exc
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QconvError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise QconvError(f"{path} is not a model config (a JSON object), it is a JSON {type(config).__name__}")
+    return config
 
 
 def require_tokenizer(model_dir: Path, model_type: str) -> None:

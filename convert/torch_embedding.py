@@ -50,6 +50,7 @@ def require_safetensors(model_dir: Path) -> None:
 
 def load_base_model(model_dir: Path):
     """Load the transformers base model (fp32, safetensors only, no remote code)."""
+    from safetensors import SafetensorError
     from transformers import AutoModel
 
     from qconv.console import quiet_libraries
@@ -64,8 +65,8 @@ def load_base_model(model_dir: Path):
             use_safetensors=True,
             attn_implementation="sdpa",
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise QconvError(f"could not load the model in {model_dir}: {one_line(exc)}") from None
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt file
+        raise QconvError(f"could not load the model in {model_dir}: {one_line(exc)}") from exc
     return model.eval()
 
 
@@ -77,8 +78,8 @@ def load_tokenizer(model_dir: Path, padding_side: str | None = None):
     quiet_libraries()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False, use_fast=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise QconvError(f"could not load the tokenizer in {model_dir}: {one_line(exc)}") from None
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a corrupt tokenizer.json
+        raise QconvError(f"could not load the tokenizer in {model_dir}: {one_line(exc)}") from exc
     if not tokenizer.is_fast:
         raise QconvError(f"{model_dir}: qconv needs a fast (tokenizer.json) tokenizer")
     if padding_side:
@@ -97,23 +98,28 @@ class TorchEmbedder:
         self.max_length = max_length
 
     def encode(
-        self, texts: Sequence[str], *, prompt: str | None = None, batch_size: int = 32, progress=None
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        batch_tokens: int | None = None,
+        progress=None,
     ) -> np.ndarray:
+        """Embeddings, truncated to ``max_length`` tokens, batched (like the ONNX runtime) by token length:
+        at most ``batch_size`` texts and ``batch_tokens`` padded tokens per batch."""
+        from qconv.rerank_template import pad_batch
+        from qconv.runtime import DEFAULT_BATCH_TOKENS, token_batches
+
         torch = _torch()
         inputs = [(prompt or "") + t for t in texts]
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]), reverse=True)
+        token_ids = self.tokenizer(inputs, truncation=True, max_length=self.max_length)["input_ids"] if inputs else []
+        pad_id, side = self.tokenizer.pad_token_id, self.tokenizer.padding_side
         out: np.ndarray | None = None
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = self.tokenizer(
-                    [inputs[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                )
-                _, emb = self.module(batch["input_ids"], batch["attention_mask"])
+            for idx in token_batches([len(t) for t in token_ids], batch_size, batch_tokens or DEFAULT_BATCH_TOKENS):
+                ids, mask = pad_batch([token_ids[i] for i in idx], pad_id, side)
+                _, emb = self.module(torch.from_numpy(ids), torch.from_numpy(mask))
                 if out is None:
                     out = np.empty((len(inputs), emb.shape[-1]), dtype=np.float32)
                 out[idx] = emb.float().numpy()

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from qconv.artifact import ONNX_DIR, Artifact, clean_artifact_staging, staging_prefix
 
-from .onnx_graph import EXTERNAL_DATA_THRESHOLD, external_data_name
+from .onnx_graph import EXTERNAL_DATA_THRESHOLD, external_data_name, read_onnx
 
 
 def onnx_bytes(path: Path) -> int:
@@ -48,9 +48,7 @@ def save_model(model, path: Path, external: bool) -> None:
 
 def op_counts(path: Path) -> dict[str, int]:
     """op_type -> count for an ONNX file (graph only, weights not read), most common first."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_onnx(path, load_external_data=False)
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
 

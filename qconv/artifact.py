@@ -56,6 +56,24 @@ def _legacy_beside(name: str) -> re.Pattern:
     return re.compile(rf"^\.{re.escape(name)}\.(?:(?:tmp|publish)-[a-z0-9_]{{8}}|old-\d+)$")
 
 
+# What every reader of a manifest relies on: a hand-edited or damaged manifest is named up front, not a KeyError.
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("task", "source", "variants"),
+    "source": ("model", "kind", "content_sha256"),
+    "embedding": ("pooling", "normalize", "dimension", "padding_side", "max_length"),
+    "reranker": (
+        "format",
+        "padding_side",
+        "max_length",
+        "template",
+        "instruction",
+        "yes_token_id",
+        "no_token_id",
+        "pad_token_id",
+    ),
+}
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -173,6 +191,9 @@ def check_output_dir(
             raise QconvError(f"output {target} {where} {path}, which this command reads; choose another output")
     if target.exists() and not target.is_dir():
         raise QconvError(f"output {target} is a file, not a directory; choose another output")
+    blocking = next((p for p in target.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise QconvError(f"output {target}: {blocking} is a file, not a directory")
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise QconvError(f"output directory {target} already exists and is not empty (pass {flag} to replace it)")
@@ -246,8 +267,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:  # a full disk fails in write() or close(), which name no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -277,6 +301,9 @@ class Artifact:
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
         manifest = self.path / MANIFEST
+        if self.path.is_file():
+            hint = f"; pass its directory {self.path.parent}" if self.path.name == MANIFEST else ""
+            raise QconvError(f"{self.path} is a file, not an artifact directory{hint}")
         if not self.path.is_dir():
             raise QconvError(f"artifact directory {self.path} does not exist")
         if not manifest.is_file():
@@ -287,6 +314,7 @@ class Artifact:
             raise QconvError(f"{manifest} is not valid JSON ({exc})") from exc
         if not isinstance(self.manifest, dict) or "task" not in self.manifest:
             raise QconvError(f"{manifest} is not a qconv manifest (no 'task' field)")
+        check_manifest(self.manifest, manifest)
 
     @property
     def name(self) -> str:
@@ -420,6 +448,26 @@ class Artifact:
         (``record_files``), never re-read here: a damaged file must not become "good" by a later save."""
         self.manifest["updated"] = now_iso()
         write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def check_manifest(manifest: dict[str, Any], where: Path) -> None:
+    """Every key qconv reads later is there, with the right shape; else one line naming what is missing."""
+    sections = {"": manifest, "source": manifest.get("source"), manifest.get("task"): manifest.get(manifest["task"])}
+    if manifest["task"] not in ("embedding", "reranker"):
+        raise QconvError(f"{where}: unknown task '{manifest['task']}' (embedding or reranker)")
+    for name, section in sections.items():
+        label = f"'{name}'" if name else "the manifest"
+        if not isinstance(section, dict):
+            raise QconvError(f"{where} is damaged: {label} is missing or not an object; re-export the artifact")
+        missing = [key for key in REQUIRED_KEYS[name] if key not in section]
+        if missing:
+            raise QconvError(f"{where} is damaged: {label} lacks {', '.join(missing)}; re-export the artifact")
+    variants = manifest["variants"]
+    if not isinstance(variants, dict):
+        raise QconvError(f"{where} is damaged: 'variants' is not an object; re-export the artifact")
+    bad = [name for name, entry in variants.items() if not isinstance(entry, dict) or "file" not in entry]
+    if bad:
+        raise QconvError(f"{where} is damaged: variant entries without a 'file': {', '.join(bad)}")
 
 
 def open_artifact(artifact: "Artifact | str | Path", task: str) -> "Artifact":

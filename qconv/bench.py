@@ -104,6 +104,8 @@ def bench(
         raise QconvError(f"unknown --baseline '{baseline}' (choose torch, none)")
     if repeats < 1 or warmup < 0:
         raise QconvError("--repeats must be >= 1 and --warmup >= 0")
+    if threads is not None and threads < 1:
+        raise QconvError(f"--threads must be positive, got {threads}")
     shapes = [(b, s) for b in _parse_ints(batch_sizes, "batch-sizes") for s in _parse_ints(seq_lens, "seq-lens")]
     threads = threads or os.cpu_count() or 1
     provider_list = resolve_providers(providers)

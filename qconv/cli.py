@@ -353,6 +353,13 @@ def _only_for(kind: str, dataset: str, **given) -> None:
 @click.option("--providers", help="Comma-separated onnxruntime execution providers [default: CPU].")
 @click.option("--batch-size", type=int, help="Texts (or pairs) per batch [default: 32, msmarco 8].")
 @click.option(
+    "--batch-tokens",
+    type=int,
+    default=8192,
+    show_default=True,
+    help="At most this many padded tokens per batch (bounds memory for long texts).",
+)
+@click.option(
     "--instruction", help="Instruction for both tasks [default: the dataset's or the artifact's]; '' = no instruction."
 )
 @click.option("--dim", type=int, help="Matryoshka: truncate embeddings to D dimensions and renormalise.")
@@ -381,6 +388,7 @@ def validate(
     reference,
     providers,
     batch_size,
+    batch_tokens,
     instruction,
     dim,
     min_cosine,
@@ -411,6 +419,7 @@ def validate(
         max_abs_delta=max_delta,
         bootstrap=bootstrap,
         offline=offline,
+        batch_tokens=batch_tokens,
         raise_on_fail=False,
     )
     with console_on_stderr(as_json):
@@ -423,7 +432,7 @@ def validate(
                 art,
                 dataset,
                 max_candidates=max_candidates or 30,
-                batch_size=batch_size or 8,
+                batch_size=8 if batch_size is None else batch_size,
                 max_abs_score_diff=max_score_diff,
                 min_top1_agreement=min_top1,
                 **common,
@@ -437,7 +446,7 @@ def validate(
             report = validate_embedding(
                 art,
                 dataset,
-                batch_size=batch_size or 32,
+                batch_size=32 if batch_size is None else batch_size,
                 dim=dim,
                 min_cosine=min_cosine,
                 min_cosine_mean=min_cosine_mean,
@@ -485,11 +494,38 @@ def demo(output_root, task) -> None:
     run_demo(output_root, task=task)
 
 
+# The machine's state, not a qconv bug: a read-only or full disk, no permission, a quota, a file as a directory.
+ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR})
+
+
+def environment_error(exc: BaseException) -> OSError | None:
+    """The OSError of the environment behind ``exc`` (itself or a cause it was raised from), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("QCONV_DEBUG"))
+
+
+def _print_traceback(exc: BaseException) -> None:
+    import traceback
+
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)  # chained causes included
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit status 2 (1 for a failed gate)."""
     try:
         cli.main(args=argv, prog_name="qconv", standalone_mode=False)
     except QconvError as exc:
+        if _debug() and (exc.__cause__ or exc.__context__):
+            _print_traceback(exc)
         click.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
@@ -503,29 +539,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         return 130
-    except OSError as exc:
-        if exc.errno not in _ENVIRONMENT_ERRNOS or os.environ.get("QCONV_DEBUG"):
-            return _internal_error(exc)
-        # The machine, not qconv: a full disk, a read-only or forbidden path. Say which path and why.
-        where = f" {exc.filename}" if exc.filename else ""
-        click.echo(f"error: cannot write{where}: {exc.strerror or one_line(exc)}", err=True)
-        return 2
     except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
-        return _internal_error(exc)
+        env = environment_error(exc)
+        if env is not None:
+            if _debug():
+                _print_traceback(exc)
+            where = env.filename or env.filename2 or "a file qconv was writing"
+            click.echo(f"error: {where}: {os.strerror(env.errno)}", err=True)
+            return 2
+        if _debug():
+            raise
+        click.echo(
+            f"error: internal error: {type(exc).__name__}: {one_line(exc)} (set QCONV_DEBUG=1 for the traceback)",
+            err=True,
+        )
+        return 3
     return 0
-
-
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _internal_error(exc: BaseException) -> int:
-    if os.environ.get("QCONV_DEBUG"):
-        raise exc
-    click.echo(
-        f"error: internal error: {type(exc).__name__}: {one_line(exc)} (set QCONV_DEBUG=1 for the traceback)",
-        err=True,
-    )
-    return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

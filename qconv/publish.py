@@ -226,10 +226,26 @@ def _record(art: Artifact, stage: dict) -> None:
     art.save()
 
 
+# Archive names qconv does not write: a directory called foo.zip would only mislead.
+_OTHER_ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst", ".7z", ".rar")
+
+
 def _archive_path(to: Path, archive: bool) -> Path | None:
     if to.name.endswith(ARCHIVE_SUFFIX):
+        _require_directory_parent(to)
         return to
+    if to.name.lower().endswith(_OTHER_ARCHIVES):
+        raise QconvError(f"--to {to}: qconv writes a directory or a {ARCHIVE_SUFFIX} archive, not {to.suffix}")
+    _require_directory_parent(to)
     return to.with_name(to.name + ARCHIVE_SUFFIX) if archive else None
+
+
+def _require_directory_parent(to: Path) -> None:
+    for parent in Path(to).resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise QconvError(f"--to {to}: {parent} is a file, not a directory")
+            return
 
 
 def publish_to_dir(

@@ -30,13 +30,22 @@ def _key(name: str):
     return {"key": name}
 
 
+def _at_least(low: int, high: int | None = None):
+    """A number checked at load time: at least ``low`` (and at most ``high``)."""
+    return {"range": (low, high)}
+
+
+def _one_of(*values):
+    return {"choices": values}
+
+
 @dataclass
 class TestModel:
     """A built-in random-weight Qwen3 with the real vocabulary: offline demos and honest speed figures."""
 
     shape: Literal["tiny", "qwen3-0.6b", "qwen3-4b", "qwen3-8b"] = "tiny"
-    layers: int | None = None
-    seed: int = 0
+    layers: int | None = field(default=None, metadata=_at_least(1))
+    seed: int = field(default=0, metadata=_at_least(0))
 
 
 @dataclass
@@ -50,7 +59,7 @@ class ModelSource:
 class EmbeddingExport:
     pooling: Literal["auto", "lasttoken", "mean", "cls"] = "auto"
     normalize: bool = True
-    opset: int | None = None
+    opset: int | None = field(default=None, metadata=_at_least(18, 23))  # what the exporter handles
     external_data: bool | None = None
 
 
@@ -58,8 +67,8 @@ class EmbeddingExport:
 class RerankerExport:
     seq_cls: bool = True
     instruction: str | None = None
-    max_length: int | None = None
-    opset: int | None = None
+    max_length: int | None = field(default=None, metadata=_at_least(1))
+    opset: int | None = field(default=None, metadata=_at_least(18, 23))
     external_data: bool | None = None
 
 
@@ -76,8 +85,8 @@ class QuantizeStage:
     source: str = field(default="model", metadata=_key("from"))
     per_channel: bool = True
     preset: Literal["avx512_vnni", "avx2", "arm64"] | None = None
-    block_size: int = 32
-    accuracy_level: int | None = None
+    block_size: int = field(default=32, metadata=_one_of(16, 32, 64, 128, 256))
+    accuracy_level: int | None = field(default=None, metadata=_at_least(0, 4))
     quantize_embeddings: bool | None = None
     exclude: list[str] = field(default_factory=list)
 
@@ -98,19 +107,21 @@ class Thresholds:
 class ValidateStep:
     dataset: str
     split: str | None = None
-    limit: int | None = None
+    limit: int | None = field(default=None, metadata=_at_least(1))
     variants: list[str] | None = None  # default: every variant the recipe produces
-    providers: list[str] | None = None
-    batch_size: int | None = None
+    providers: list[str] | None = field(default=None, metadata={"providers": "available"})
+    batch_size: int | None = field(default=None, metadata=_at_least(1))
     instruction: str | None = None  # None = the default, '' = no instruction
-    max_candidates: int | None = None
-    bootstrap: int | None = None  # resamples for the deltas' 95% intervals [1000]; 0 = off
+    max_candidates: int | None = field(default=None, metadata=_at_least(1))
+    bootstrap: int | None = field(default=None, metadata=_at_least(0))  # resamples for the 95% intervals; 0 = off
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
 @dataclass
 class FallbackStep:
-    providers: list[str] = field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    providers: list[str] = field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"], metadata={"providers": "known"}
+    )
     variants: list[str] | None = None  # default: every variant the recipe produces
 
 
@@ -150,7 +161,7 @@ def load_recipe(path: str | Path) -> Recipe:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise QconvError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        raise QconvError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from exc
     if root is None:
         raise QconvError(f"{path}: the recipe is empty")
     return _Reader(path).recipe(root)
@@ -199,6 +210,41 @@ class _Reader:
                 node = self._child(steps.value[i], "dataset")
                 message = f"'{step.dataset}' is not a dataset for {recipe.task} recipes ({', '.join(suitable)})"
                 raise self.error(node, f"validate[{i}].dataset: {message}")
+
+    def _items(self, node, where: str):
+        """(key, key node, value node) of a mapping; a key that is not a plain name or comes twice is an error."""
+        import yaml
+
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.error(key_node, f"{where}: a key must be a plain name, not a {key_node.id}")
+            if key_node.value in seen:
+                raise self.error(key_node, f"{where}: duplicate key '{key_node.value}'")
+            seen.add(key_node.value)
+            yield key_node.value, key_node, value_node
+
+    def _check_value(self, node, f, value, where: str) -> None:
+        """The load-time checks a field declares in its metadata (ranges, choices, provider names)."""
+        if value is None:
+            return
+        low, high = f.metadata.get("range", (None, None))
+        if low is not None and (value < low or (high is not None and value > high)):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise self.error(node, f"{where}: must be {bound}, got {value}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise self.error(node, f"{where}: {value} is not one of {', '.join(map(str, choices))}")
+        providers = f.metadata.get("providers")
+        if providers:
+            from qconv.runtime import _available_providers
+            from qconv.validate.fallback import KNOWN_PROVIDERS
+
+            allowed = _available_providers() if providers == "available" else KNOWN_PROVIDERS
+            unknown = [p for p in value if p not in allowed]
+            if unknown:
+                what = "available in this onnxruntime" if providers == "available" else "known to qconv"
+                raise self.error(node, f"{where}: provider(s) {', '.join(unknown)} not {what} ({', '.join(allowed)})")
 
     @staticmethod
     def _child(node, key: str):
@@ -249,11 +295,12 @@ class _Reader:
         hints = typing.get_type_hints(tp)
         fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(tp) if not f.metadata.get("internal")}
         values: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
+        for key, key_node, value_node in self._items(node, where):
             if key not in fields:
                 raise self.error(key_node, self._unknown(key, where, fields, what or tp.__name__))
-            values[fields[key].name] = self.build(value_node, hints[fields[key].name], f"{where}.{key}")
+            value = self.build(value_node, hints[fields[key].name], f"{where}.{key}")
+            self._check_value(value_node, fields[key], value, f"{where}.{key}")
+            values[fields[key].name] = value
         for key, f in fields.items():
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             if required and f.name not in values:
@@ -268,8 +315,7 @@ class _Reader:
         hints = typing.get_type_hints(Recipe)
         fields = {f.name: f for f in dataclasses.fields(Recipe) if not f.metadata.get("internal")}
         values: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
+        for key, key_node, value_node in self._items(node, "recipe"):
             if key not in fields:
                 raise self.error(key_node, self._unknown(key, "recipe", fields, "recipe"))
             if key == "export":
@@ -293,6 +339,7 @@ class _Reader:
             where = f"stages[{i}]"
             if not isinstance(item, yaml.MappingNode):
                 raise self.error(item, f"{where}: expected a mapping with a 'stage' key")
+            list(self._items(item, where))  # duplicate or non-scalar keys, before 'stage' is looked up
             kind_node = self._child(item, "stage")
             if kind_node is None:
                 raise self.error(item, f"{where}: missing key 'stage' ({' | '.join(STAGES)})")

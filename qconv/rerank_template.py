@@ -63,6 +63,7 @@ class PairEncoder:
         self.prefix_ids = tokenizer.encode(template.prefix, add_special_tokens=False).ids
         self.suffix_ids = tokenizer.encode(template.suffix, add_special_tokens=False).ids
         self.body_budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
+        self.truncated = 0  # pairs cut to max_length so far (validation reports how many)
         if self.body_budget < 1:
             raise QconvError(
                 f"max length {max_length} leaves no room for the query and document: the template "
@@ -75,6 +76,7 @@ class PairEncoder:
 
     def encode(self, query: str, document: str, instruction: str | None = None) -> list[int]:
         body_ids = self.tokenizer.encode(self.body(query, document, instruction), add_special_tokens=False).ids
+        self.truncated += len(body_ids) > self.body_budget
         return self.prefix_ids + body_ids[: self.body_budget] + self.suffix_ids
 
     def encode_pairs(self, query: str, documents: Sequence[str], instruction: str | None = None) -> list[list[int]]:

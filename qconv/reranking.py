@@ -9,7 +9,7 @@ import numpy as np
 
 from .artifact import Artifact, open_artifact
 from .rerank_template import PairEncoder, RerankTemplate, last_token_index, pad_batch, resolve_instruction
-from .runtime import load_fast_tokenizer, open_session, resolve_providers
+from .runtime import DEFAULT_BATCH_TOKENS, load_fast_tokenizer, open_session, resolve_providers, token_batches
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -59,12 +59,14 @@ class Reranker:
         )
 
     def score_ids(
-        self, sequences: Sequence[Sequence[int]], batch_size: int = 8, progress: Callable[[int], None] | None = None
+        self,
+        sequences: Sequence[Sequence[int]],
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> np.ndarray:
         scores = np.empty(len(sequences), dtype=np.float64)
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in token_batches([len(s) for s in sequences], batch_size, batch_tokens):
             ids, mask = pad_batch(
                 [sequences[i] for i in idx], self.settings["pad_token_id"], self.settings["padding_side"]
             )

@@ -10,6 +10,11 @@ import numpy as np
 
 from .artifact import Artifact, open_artifact
 from .errors import QconvError, one_line
+from .rerank_template import pad_batch
+
+# Padded tokens per batch (rows x longest row): bounds the activations of a batch whatever the texts' lengths,
+# while short texts still fill --batch-size rows. A text at the artifact's max length runs alone.
+DEFAULT_BATCH_TOKENS = 8192
 
 
 def _available_providers() -> list[str]:
@@ -42,7 +47,7 @@ def open_session(model_path: Path, providers: Sequence[str], threads: int | None
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt or invalid graphs
-        raise QconvError(f"onnxruntime cannot load {model_path}: {one_line(exc)}") from None
+        raise QconvError(f"onnxruntime cannot load {model_path}: {one_line(exc)}") from exc
 
 
 def load_fast_tokenizer(artifact_dir: Path, *, padding_side: str, max_length: int):
@@ -51,9 +56,17 @@ def load_fast_tokenizer(artifact_dir: Path, *, padding_side: str, max_length: in
     tokenizer_file = artifact_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise QconvError(f"{artifact_dir} has no tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # the tokenizers library raises a bare Exception for a corrupt file
+        raise QconvError(f"{tokenizer_file} is not a readable tokenizer ({one_line(exc)})") from exc
     config_file = artifact_dir / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QconvError(f"{config_file} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise QconvError(f"{config_file} is not a JSON object")
     pad_token = config.get("pad_token")
     if isinstance(pad_token, dict):
         pad_token = pad_token.get("content")
@@ -65,12 +78,21 @@ def load_fast_tokenizer(artifact_dir: Path, *, padding_side: str, max_length: in
     return tokenizer
 
 
-def batched(texts: Sequence[str], batch_size: int):
-    """Yield (indices, texts) batches, longest first, so that padding is minimal within each batch."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield idx, [texts[i] for i in idx]
+def token_batches(lengths: Sequence[int], batch_size: int, batch_tokens: int = DEFAULT_BATCH_TOKENS):
+    """Yield index batches, longest first (little padding), each of at most ``batch_size`` rows and at most
+    ``batch_tokens`` padded tokens; a row longer than the budget goes alone."""
+    if batch_size < 1 or batch_tokens < 1:
+        raise QconvError(f"batch size and token budget must be positive, got {batch_size} and {batch_tokens}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batch: list[int] = []
+    for i in order:
+        # Sorted longest first: the batch's padded width is its first row's length.
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * lengths[batch[0]] > batch_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 class Embedder:
@@ -116,25 +138,48 @@ class Embedder:
         prompt: str | None = None,
         prompt_name: str | None = None,
         batch_size: int = 32,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
         dim: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` (with ``prompt`` or a named prompt prefixed); optional Matryoshka ``dim``."""
+        """Embed ``texts`` (with ``prompt`` or a named prompt prefixed); optional Matryoshka ``dim``.
+
+        Texts longer than the artifact's max length are truncated (see ``tokenize``); batches hold at most
+        ``batch_size`` texts and ``batch_tokens`` padded tokens."""
         prefix = prompt if prompt is not None else self.prompt(prompt_name)
-        inputs = [prefix + t for t in texts]
-        out = np.empty((len(inputs), self.dimension), dtype=np.float32)
-        for idx, chunk in batched(inputs, batch_size):
-            encodings = self.tokenizer.encode_batch(chunk)
-            feeds = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            }
-            feeds = {k: v for k, v in feeds.items() if k in self._input_names}
+        encodings = self.tokenize([prefix + t for t in texts])
+        out = self.encode_tokens(encodings, batch_size=batch_size, batch_tokens=batch_tokens, progress=progress)
+        return truncate_dim(out, dim, renormalize=True) if dim else out
+
+    def tokenize(self, inputs: Sequence[str]) -> list:
+        """Unpadded encodings, truncated to the artifact's max length (``encoding.overflowing`` is then set)."""
+        padding = self.tokenizer.padding
+        self.tokenizer.no_padding()
+        try:
+            return self.tokenizer.encode_batch(list(inputs))
+        finally:
+            if padding:
+                self.tokenizer.enable_padding(**padding)
+
+    def encode_tokens(
+        self,
+        encodings: Sequence,
+        *,
+        batch_size: int = 32,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embeddings of ``tokenize``'s encodings, padded per batch as the tokenizer is configured to pad."""
+        padding = self.tokenizer.padding or {"pad_id": 0, "direction": self.settings["padding_side"]}
+        out = np.empty((len(encodings), self.dimension), dtype=np.float32)
+        for idx in token_batches([len(e.ids) for e in encodings], batch_size, batch_tokens):
+            ids, mask = pad_batch([encodings[i].ids for i in idx], padding["pad_id"], padding["direction"])
+            feeds = {k: v for k, v in {"input_ids": ids, "attention_mask": mask}.items() if k in self._input_names}
             (embedding,) = self.session.run(["sentence_embedding"], feeds)
             out[idx] = embedding
             if progress is not None:
                 progress(len(idx))
-        return truncate_dim(out, dim, renormalize=True) if dim else out
+        return out
 
 
 def truncate_dim(embeddings: np.ndarray, dim: int, renormalize: bool = True) -> np.ndarray:

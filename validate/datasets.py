@@ -7,6 +7,7 @@ unreachable, the bundled sample shipped with qconv, and the report says so (``so
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -147,12 +148,35 @@ def _load_file(path: Path):
     if builder is None:
         raise QconvError(f"{path}: unsupported data file type '{path.suffix}' (use JSONL, Parquet or CSV)")
     if not path.is_file():
-        raise QconvError(f"data file {path} does not exist")
+        raise QconvError(f"data file {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    if builder != "parquet":
+        require_utf8_text(path)
     quiet_libraries()
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        rows = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:
-        raise QconvError(f"cannot read {path}: {one_line(exc, 200)}") from None
+        raise QconvError(f"cannot read {path}: {one_line(exc.__cause__ or exc, 200)}") from exc
+    if len(rows) == 0:
+        raise QconvError(f"data file {path} has no rows")
+    return rows
+
+
+def require_utf8_text(path: Path, chunk: int = 1 << 20) -> None:
+    """JSONL and CSV must be UTF-8 text that holds something: say so, with the offset, before parsing."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, blank = 0, True
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                raise QconvError(
+                    f"data file {path} is not UTF-8 text (byte 0x{block[exc.start]:02x} at offset {offset + exc.start})"
+                ) from exc
+            blank = blank and not text.strip()
+            offset += len(block)
+    if blank:
+        raise QconvError(f"data file {path} is empty")
 
 
 def hub_offline() -> bool:
@@ -182,6 +206,11 @@ def load_rows(spec: DatasetSpec, data_files: str | Path | None, split: str | Non
                 f"[yellow]could not load {spec.hub_path} from the Hub ({reason}); using the bundled sample[/]"
             )
     path = bundled_sample_path(spec)
+    if split != spec.split:
+        raise QconvError(
+            f"dataset {spec.name}: split '{split}' is not available here: the bundled sample is the "
+            f"'{spec.split}' split (pass --data-files for another split)"
+        )
     console.print(
         f"[yellow]dataset {spec.name}: using the bundled sample {path.name} "
         f"(source: bundled-sample), not the full {spec.hub_path} split[/]"
@@ -238,6 +267,11 @@ def load_pairs(
         raise QconvError(f"dataset {location}: sentence1/sentence2 must be strings")
     if len(scores) < 2:
         raise QconvError(f"dataset {location} has {len(scores)} pair(s); correlations need at least 2")
+    # Degenerate data gives NaN correlations, which would be recorded as a failed validation.
+    if len(set(scores)) == 1:
+        raise QconvError(f"dataset {location}: every score is {scores[0]:g}, so no correlation is defined")
+    if not any(t.strip() for t in s1 + s2):
+        raise QconvError(f"dataset {location}: every sentence1/sentence2 text is empty")
     fingerprint = fingerprint_rows([[a, b, c] for a, b, c in zip(s1, s2, scores)])
     return PairData(s1, s2, scores, source, location, split, fingerprint, is_full_split(source, all_rows, rows))
 
@@ -271,11 +305,20 @@ class RerankData:
         return len(self.queries)
 
 
-def _passage_text(passage, where: str) -> str:
+def _passage_text(passage, where: str) -> str | None:
+    """The passage as scored (title, then text); None for a passage without text (null), which is skipped."""
+    if passage is None:
+        return None
     if not isinstance(passage, dict) or "text" not in passage:
         raise QconvError(f"{where}: passages must be objects with a 'text' field")
-    title = (passage.get("title") or "").strip()
-    return f"{title} {passage['text']}".strip() if title else passage["text"]
+    text = passage["text"]
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise QconvError(f"{where}: a passage's 'text' must be a string, got {type(text).__name__}")
+    title = passage.get("title")
+    title = title.strip() if isinstance(title, str) else ""
+    return f"{title} {text}".strip() if title else text
 
 
 def _passage_id(passage: dict, text: str) -> str:
@@ -315,14 +358,20 @@ def load_rerank(
     all_rows, source, location, split = load_rows(spec, data_files, split, offline)
     require_columns(all_rows, spec.columns, f"dataset {location}")
     rows = first_rows(all_rows, limit)
-    queries, graded, dropped = [], False, 0
+    queries, graded, dropped, skipped = [], False, 0, 0
     for n, row in enumerate(rows):
         query_id = str(row.get("query_id", n))
         where = f"dataset {location}, query {query_id}"
+        if not isinstance(row["query"], str):
+            shown = "null" if row["query"] is None else repr(row["query"])
+            raise QconvError(f"{where}: 'query' must be a string, got {shown}")
         passages = {}  # docid -> (text, grade), first listing wins
         listed = [(p, 1) for p in row["positive_passages"] or []] + [(p, 0) for p in row["negative_passages"] or []]
         for passage, default in listed:
             text = _passage_text(passage, where)
+            if text is None:  # a passage without text (null) is skipped, never scored as "None"
+                skipped += 1
+                continue
             graded = graded or passage.get("relevance") is not None
             doc_id = _passage_id(passage, text)
             if doc_id in passages:
@@ -338,6 +387,8 @@ def load_rerank(
         )
     if not queries:
         raise QconvError(f"dataset {location} has no queries")
+    if skipped:
+        console.print(f"[yellow]dataset {location}: skipped {skipped} passage(s) without text (null)[/]")
     bundled = source == "bundled-sample"
     threshold = spec.sample_relevance_threshold if bundled and spec.sample_relevance_threshold else None
     threshold = threshold or spec.relevance_threshold

@@ -10,7 +10,7 @@ import numpy as np
 from qconv.artifact import Artifact
 from qconv.convert.specs import spec_for_instruction_template
 from qconv.errors import QconvError
-from qconv.runtime import Embedder, resolve_providers, truncate_dim
+from qconv.runtime import DEFAULT_BATCH_TOKENS, Embedder, resolve_providers, truncate_dim
 
 from . import metrics
 from .datasets import load_pairs
@@ -18,9 +18,11 @@ from .reference import reference_embeddings
 from .report import log_gap_histogram, scatter_figure
 from .runner import (
     base_report,
+    check_batching,
     check_bootstrap,
     finalize,
     instruction_rule,
+    note_truncated,
     open_for_validation,
     progress_bar,
     scored_results,
@@ -47,6 +49,7 @@ def validate_embedding(
     reference: str | None = None,
     providers: str | list[str] | None = None,
     batch_size: int = 32,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     instruction: str | None = None,
     dim: int | None = None,
     min_cosine: float | None = None,
@@ -67,8 +70,7 @@ def validate_embedding(
     settings = art.manifest["embedding"]
     if dim is not None and not 1 <= dim <= settings["dimension"]:
         raise QconvError(f"--dim {dim} is out of range: the embedding size is {settings['dimension']}")
-    if batch_size < 1:
-        raise QconvError(f"--batch-size must be positive, got {batch_size}")
+    check_batching(batch_size, batch_tokens)
     check_bootstrap(bootstrap)
     provider_list = resolve_providers(providers)
     data = load_pairs(spec, data_files=data_files, split=split, limit=limit, offline=offline)
@@ -82,8 +84,10 @@ def validate_embedding(
         task = progress.add_task(f"ONNX {variant}", total=len(texts))
         embedder = Embedder(art, variant=variant, providers=provider_list)
         t0 = time.perf_counter()
-        candidate = embedder.encode(
-            texts, prompt=prompt or "", batch_size=batch_size, progress=lambda n: progress.advance(task, n)
+        encodings = embedder.tokenize([(prompt or "") + t for t in texts])
+        truncated = sum(1 for e in encodings if e.overflowing)
+        candidate = embedder.encode_tokens(
+            encodings, batch_size=batch_size, batch_tokens=batch_tokens, progress=lambda n: progress.advance(task, n)
         )
         candidate_seconds = time.perf_counter() - t0
         task = progress.add_task("PyTorch reference", total=len(texts))
@@ -92,9 +96,11 @@ def validate_embedding(
             texts,
             prompt=prompt,
             batch_size=batch_size,
+            batch_tokens=batch_tokens,
             reference=reference,
             progress=lambda n: progress.advance(task, n),
         )
+    note_truncated(truncated, len(texts), "texts", settings["max_length"])
     if dim is not None:
         candidate, reference_vectors = truncate_dim(candidate, dim), truncate_dim(reference_vectors, dim)
 
@@ -117,6 +123,8 @@ def validate_embedding(
             "prompt": prompt or "",
             "instruction": spec.instruction if instruction is None else instruction,
             "instruction_rule": instruction_rule(instruction),
+            "max_length": settings["max_length"],
+            "truncated_texts": truncated,
             "dim": dim,
             "settings": {"prompt": prompt or "", **({"dim": dim} if dim else {})},
             "metrics": ["cosine_spearman", "cosine_pearson"],

@@ -423,7 +423,7 @@ def load_graph(path: Path):
     except Exception as exc:
         from qconv.errors import one_line
 
-        raise QconvError(f"{path} is not a readable ONNX model: {one_line(exc)}") from None
+        raise QconvError(f"{path} is not a readable ONNX model: {one_line(exc)}") from exc
 
 
 __all__ = ["KNOWN_PROVIDERS", "analyse", "runtime_placement", "table_for"]

@@ -91,6 +91,7 @@ def reference_embeddings(
     *,
     prompt: str | None,
     batch_size: int,
+    batch_tokens: int | None = None,
     reference: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, dict]:
@@ -107,7 +108,7 @@ def reference_embeddings(
                 padding_side=settings["padding_side"],
                 max_length=settings["max_length"],
             )
-        return encoder.encode(texts, prompt=prompt, batch_size=batch_size, progress=progress)
+        return encoder.encode(texts, prompt=prompt, batch_size=batch_size, batch_tokens=batch_tokens, progress=progress)
 
     key_material = {
         "texts": texts_fingerprint(texts),

@@ -16,6 +16,7 @@ import numpy as np
 from qconv.artifact import Artifact
 from qconv.console import console
 from qconv.rerank_template import pad_batch
+from qconv.runtime import DEFAULT_BATCH_TOKENS, token_batches
 
 from .reference import cached_reference
 
@@ -36,15 +37,17 @@ class TorchReranker:
         self.yes_id, self.no_id, self.pad_id = yes_id, no_id, pad_id
 
     def score(
-        self, sequences: Sequence[Sequence[int]], batch_size: int = 8, progress: Callable[[int], None] | None = None
+        self,
+        sequences: Sequence[Sequence[int]],
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> np.ndarray:
         import torch
 
         scores = np.empty(len(sequences), dtype=np.float64)
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
+            for idx in token_batches([len(s) for s in sequences], batch_size, batch_tokens):
                 ids, mask = pad_batch([sequences[i] for i in idx], self.pad_id, "left")
                 ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
                 if self.format == "seq-cls":
@@ -65,6 +68,7 @@ def reference_scores(
     sequences: Sequence[Sequence[int]],
     *,
     batch_size: int,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     reference: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, dict]:
@@ -82,7 +86,7 @@ def reference_scores(
             runner = TorchReranker(
                 source.path, fmt, settings["yes_token_id"], settings["no_token_id"], settings["pad_token_id"]
             )
-        return runner.score(sequences, batch_size=batch_size, progress=progress)
+        return runner.score(sequences, batch_size=batch_size, progress=progress, batch_tokens=batch_tokens)
 
     key_material = {
         "task": "rerank",

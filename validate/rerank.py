@@ -11,7 +11,7 @@ from qconv.artifact import Artifact
 from qconv.errors import QconvError
 from qconv.rerank_template import resolve_instruction
 from qconv.reranking import Reranker
-from qconv.runtime import resolve_providers
+from qconv.runtime import DEFAULT_BATCH_TOKENS, resolve_providers
 
 from . import metrics
 from .datasets import load_rerank
@@ -19,9 +19,11 @@ from .reference_reranker import reference_scores
 from .report import log_gap_histogram, scatter_figure
 from .runner import (
     base_report,
+    check_batching,
     check_bootstrap,
     finalize,
     instruction_rule,
+    note_truncated,
     open_for_validation,
     progress_bar,
     scored_results,
@@ -64,6 +66,7 @@ def validate_reranker(
     reference: str | None = None,
     providers: str | list[str] | None = None,
     batch_size: int = 8,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
     instruction: str | None = None,
     max_abs_score_diff: float | None = None,
     min_top1_agreement: float | None = None,
@@ -85,8 +88,7 @@ def validate_reranker(
             "max_abs_delta": max_abs_delta,
         },
     )
-    if batch_size < 1:
-        raise QconvError(f"--batch-size must be positive, got {batch_size}")
+    check_batching(batch_size, batch_tokens)
     check_bootstrap(bootstrap)
     provider_list = resolve_providers(providers)
     data = load_rerank(
@@ -95,19 +97,29 @@ def validate_reranker(
     reranker = Reranker(art, variant=variant, providers=provider_list)
     chosen_instruction = resolve_instruction(instruction, art.manifest["reranker"]["instruction"])
     sequences, bounds = [], []
+    truncated_before = reranker.encoder.truncated
     for q in data.queries:
         start = len(sequences)
         sequences += reranker.encoder.encode_pairs(q.query, q.documents, chosen_instruction)
         bounds.append((start, len(sequences)))
+    truncated = reranker.encoder.truncated - truncated_before
+    note_truncated(truncated, len(sequences), "pairs", reranker.settings["max_length"])
 
     with progress_bar() as progress:
         task = progress.add_task(f"ONNX {variant}", total=len(sequences))
         t0 = time.perf_counter()
-        candidate = reranker.score_ids(sequences, batch_size=batch_size, progress=lambda n: progress.advance(task, n))
+        candidate = reranker.score_ids(
+            sequences, batch_size=batch_size, batch_tokens=batch_tokens, progress=lambda n: progress.advance(task, n)
+        )
         candidate_seconds = time.perf_counter() - t0
         task = progress.add_task("PyTorch reference", total=len(sequences))
         ref, reference_info = reference_scores(
-            art, sequences, batch_size=batch_size, reference=reference, progress=lambda n: progress.advance(task, n)
+            art,
+            sequences,
+            batch_size=batch_size,
+            batch_tokens=batch_tokens,
+            reference=reference,
+            progress=lambda n: progress.advance(task, n),
         )
 
     ref_by_query = [ref[a:b] for a, b in bounds]
@@ -144,6 +156,8 @@ def validate_reranker(
             "n_queries_with_positives": len(judged),
             "n_pairs": len(sequences),
             "max_candidates": max_candidates,
+            "max_length": reranker.settings["max_length"],
+            "truncated_pairs": truncated,
             "size": f"{len(data)} queries, {len(sequences)} pairs",
             "instruction": chosen_instruction,
             "instruction_rule": instruction_rule(instruction),

@@ -57,6 +57,22 @@ def open_for_validation(
     return art, spec, precision, thresholds_for(art.task, precision, overrides)
 
 
+def check_batching(batch_size: int, batch_tokens: int) -> None:
+    if batch_size < 1:
+        raise QconvError(f"--batch-size must be positive, got {batch_size}")
+    if batch_tokens < 1:
+        raise QconvError(f"--batch-tokens must be positive, got {batch_tokens}")
+
+
+def note_truncated(truncated: int, total: int, what: str, max_length: int) -> None:
+    """Say how many inputs were cut to the artifact's max length (both sides cut them the same way)."""
+    if truncated:
+        console.print(
+            f"[yellow]{truncated} of {total} {what} are longer than the artifact's max length ({max_length} tokens) "
+            f"and were truncated to it, as the runtimes do[/]"
+        )
+
+
 def placement_summary(art: Artifact, variant: str, providers: list[str]) -> dict:
     """Static placement of the validated variant on the providers it ran on (see ``qconv fallback``)."""
     from .fallback import analyse, load_graph
