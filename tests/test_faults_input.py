@@ -172,10 +172,17 @@ def test_export_of_a_damaged_model(model_copy, tmp_path, damage, needle):
     "command", [["quantize", "--mode", "int8"], ["quantize", "--mode", "fp16"], ["optimize", "--level", "O1"]]
 )
 def test_corrupt_onnx_graph(artifact_copy, command):
+    from qconv.artifact import Artifact
+
     os.truncate(artifact_copy / "onnx" / "model.onnx", 1000)
-    expect_untouched(
-        [artifact_copy], lambda: qconv(command[0], artifact_copy, *command[1:]), "model.onnx is not a readable ONNX"
-    )
+    run = lambda: qconv(command[0], artifact_copy, *command[1:])  # noqa: E731
+    # Damaged after export: the integrity check names it before anything reads it.
+    expect_untouched([artifact_copy], run, "onnx/model.onnx changed since qconv recorded it")
+    # Corrupt as recorded (written so by its stage): the ONNX reader's refusal is one line too.
+    art = Artifact(artifact_copy)
+    art.record_files("onnx/model.onnx")
+    art.save()
+    expect_untouched([artifact_copy], run, "model.onnx is not a readable ONNX")
 
 
 @pytest.mark.parametrize(
