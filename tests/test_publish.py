@@ -216,20 +216,33 @@ def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, ca
     rr = Artifact(validated_reranker)
     text = render_model_card(rr).replace(f"path/to/{rr.name}", str(rr.path))
     blocks = _python_blocks(text)
-    assert set(blocks) == {"sentence-transformers (CrossEncoder)", "optimum", "onnxruntime with qconv (no torch)"}
+    assert set(blocks) == {
+        "sentence-transformers (CrossEncoder)",
+        "optimum",
+        "fastembed",
+        "onnxruntime",
+        "onnxruntime with qconv (no torch)",
+    }
     spaces = {}
     for title, code in blocks.items():
         spaces[title] = {}
         exec(compile(code, title, "exec"), spaces[title])
     ns = spaces["optimum"]
     ours = Reranker(rr).score(ns["query"], ns["documents"])
-    cross = spaces["sentence-transformers (CrossEncoder)"]["model"].predict(
-        spaces["sentence-transformers (CrossEncoder)"]["pairs"]
+    sigmoid = lambda x: 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))  # noqa: E731
+    cross = spaces["sentence-transformers (CrossEncoder)"]
+    assert np.abs(np.asarray(cross["model"].predict(cross["pairs"]), dtype=np.float64) - ours).max() <= 1e-5
+    custom = cross["model"].predict(cross["pairs"], processing_kwargs={"chat_template": {"instruction": "Find it"}})
+    assert (
+        np.abs(
+            np.asarray(custom, dtype=np.float64)
+            - Reranker(rr).score(ns["query"], ns["documents"], instruction="Find it")
+        ).max()
+        <= 1e-5
     )
-    assert np.abs(np.asarray(cross, dtype=np.float64) - ours).max() <= 1e-5
-    batch = ns["batch"]
-    logits = ns["model"](**batch).logits[:, 0].detach().numpy().astype(np.float64)
-    assert np.abs(1 / (1 + np.exp(-logits)) - ours).max() <= 1e-5
+    assert np.abs(sigmoid(ns["logits"].detach().numpy()) - ours).max() <= 1e-5
+    assert np.abs(sigmoid(spaces["fastembed"]["logits"]) - ours).max() <= 1e-5
+    assert np.abs(sigmoid(spaces["onnxruntime"]["logits"][:, 0]) - ours).max() <= 1e-5
 
 
 def test_reranker_card(validated_reranker, tmp_path):
