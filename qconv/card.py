@@ -829,6 +829,11 @@ def _reproduce_section(data: _CardData) -> list[str]:
     ]
 
 
+def recommended_variant(art: Artifact) -> str:
+    """The variant the card's snippets load (a validated INT8 one where there is one)."""
+    return _CardData(art, None, None).example_variant()
+
+
 def render_model_card(art: Artifact, model_id: str | None = None, base_model: str | None = None) -> str:
     """The model card of ``art`` as Markdown with YAML front matter.
 

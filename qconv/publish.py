@@ -9,6 +9,7 @@ unless forced. The Hub token is read from ``HF_TOKEN`` only, and is never printe
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,9 @@ _EXCLUDED_NAMES = {"__pycache__", "Thumbs.db"}
 HUB_MANAGED = ["onnx/*", "reports/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 ARCHIVE_SUFFIX = ".tar.gz"
+# transformers.js loads dtype "q8" from this name; the recommended INT8 variant is published under it too.
+QUANTIZED_ALIAS = "onnx/model_quantized.onnx"
+CONFIG = "config.json"
 
 
 @dataclass
@@ -57,6 +61,25 @@ def publishable_files(art: Artifact) -> list[str]:
     """Relative paths to publish: the manifest's recorded files that belong on the Hub, and the manifest."""
     recorded = art.manifest.get("files") or {}
     return sorted({rel for rel in recorded if is_publishable(rel)} | {MANIFEST})
+
+
+def quantized_alias(art: Artifact, rels: list[str]) -> str | None:
+    """The variant to publish also as ``onnx/model_quantized.onnx``: the one the card recommends, when it is
+    a validated INT8 graph in one file (an alias of a graph with external data would need its data renamed)."""
+    from .card import recommended_variant
+
+    if QUANTIZED_ALIAS in art.manifest.get("files", {}):
+        return None
+    variant = recommended_variant(art)
+    entry = art.variants.get(variant) or {}
+    file = entry.get("file", "")
+    if (
+        entry.get("precision") != "int8"
+        or entry.get("external_data")
+        or any(r != file and r.startswith(file) for r in rels)
+    ):
+        return None
+    return variant
 
 
 def check_publishable(art: Artifact, force: bool = False) -> list[str]:
@@ -107,10 +130,16 @@ def verify_files(art: Artifact, force: bool = False) -> None:
         )
 
 
-def published_manifest(art: Artifact, rels: list[str]) -> bytes:
-    """The manifest as published: its ``files`` narrowed to the files that are published with it."""
+def published_manifest(
+    art: Artifact, rels: list[str], written: dict[str, str] | None = None, aliases: dict[str, str] | None = None
+) -> bytes:
+    """The manifest as published: its ``files`` narrowed to the files that are published with it, with the
+    hashes of the files publishing itself wrote (``written``) and the alias names (file -> variant)."""
     manifest = dict(art.manifest)
     manifest["files"] = {k: v for k, v in (art.manifest.get("files") or {}).items() if k in set(rels)}
+    manifest["files"].update(written or {})
+    if aliases:
+        manifest["aliases"] = aliases
     return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -120,30 +149,50 @@ class _Bundle:
     def __init__(self, art: Artifact):
         self.art = art
         self.rels = publishable_files(art)
-        self.manifest = published_manifest(art, self.rels)
+        self.sources = {rel: art.path / rel for rel in self.rels if rel != MANIFEST}
+        self.generated: dict[str, bytes] = {}
+        alias = quantized_alias(art, self.rels)
+        files = None
+        if alias is not None:
+            # The same bytes under transformers.js's q8 name: hard-linked in copies, one LFS object on the Hub.
+            self.sources[QUANTIZED_ALIAS] = art.path / art.variants[alias]["file"]
+            self.rels = sorted([*self.rels, QUANTIZED_ALIAS])
+            files = {QUANTIZED_ALIAS: (art.manifest.get("files") or {}).get(art.variants[alias]["file"])}
+            if CONFIG in self.sources:
+                config = json.loads(self.sources.pop(CONFIG).read_text(encoding="utf-8"))
+                config["transformers.js_config"] = {"dtype": "q8"}  # the validated INT8 by default
+                self.generated[CONFIG] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+                files[CONFIG] = hashlib.sha256(self.generated[CONFIG]).hexdigest()
+        self.manifest = published_manifest(art, self.rels, files, {QUANTIZED_ALIAS: alias} if alias else None)
+        self.generated[MANIFEST] = self.manifest
 
     @property
     def files(self) -> list[tuple[str, int]]:
         return [
-            (rel, len(self.manifest) if rel == MANIFEST else (self.art.path / rel).stat().st_size) for rel in self.rels
+            (rel, len(self.generated[rel]) if rel in self.generated else self.sources[rel].stat().st_size)
+            for rel in self.rels
         ]
 
     def fill(self, target: Path, link: bool = False) -> None:
-        """Copy (or hard-link, falling back to a copy) the files into ``target``."""
+        """Copy (or hard-link, falling back to a copy) the files into ``target``; an alias is a hard link
+        to its file's copy, so a copy holds the bytes once."""
+        placed: dict[Path, Path] = {}
         for rel in self.rels:
             dst = target / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if rel == MANIFEST:
-                dst.write_bytes(self.manifest)
+            if rel in self.generated:
+                dst.write_bytes(self.generated[rel])
                 continue
-            src = self.art.path / rel
-            if link:
+            src = self.sources[rel]
+            for origin in ([src] if link else []) + ([placed[src]] if src in placed else []):
                 try:
-                    os.link(src, dst)
-                    continue
+                    os.link(origin, dst)
+                    break
                 except OSError:
                     pass
-            shutil.copy2(src, dst)
+            else:
+                shutil.copy2(src, dst)
+            placed.setdefault(src, dst)
 
     def write_archive(self, destination: Path) -> None:
         """A gzipped tar with one top-level directory named after the archive, written atomically."""
@@ -160,13 +209,13 @@ class _Bundle:
         try:
             with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
                 for rel in self.rels:
-                    if rel == MANIFEST:
+                    if rel in self.generated:
                         info = clean(tarfile.TarInfo(f"{root}/{rel}"))
-                        info.size, info.mode = len(self.manifest), 0o644
+                        info.size, info.mode = len(self.generated[rel]), 0o644
                         info.mtime = int((self.art.path / MANIFEST).stat().st_mtime)
-                        tar.addfile(info, io.BytesIO(self.manifest))
+                        tar.addfile(info, io.BytesIO(self.generated[rel]))
                     else:
-                        tar.add(self.art.path / rel, arcname=f"{root}/{rel}", recursive=False, filter=clean)
+                        tar.add(self.sources[rel], arcname=f"{root}/{rel}", recursive=False, filter=clean)
             os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary file, not the archive
             os.replace(tmp, destination)
         except BaseException:

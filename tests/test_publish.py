@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from qconv.artifact import Artifact
-from qconv.card import parse_card_metadata, render_model_card, write_model_card
-from qconv.publish import publishable_files
+from qconv.card import parse_card_metadata, recommended_variant, render_model_card, write_model_card
+from qconv.publish import QUANTIZED_ALIAS, publishable_files
 from qconv.validate.datasets import dataset_spec
 
 TOKEN = "hf_qconvTestTokenDoNotLeak1234567890"
@@ -114,9 +114,10 @@ def plant_junk(path: Path) -> None:
 
 
 def expected_files(path: Path) -> set[str]:
-    """Every file of the artifact except the junk (and the cache the fixtures copy without)."""
+    """Every file of the artifact except the junk (and the cache the fixtures copy without), the card, and
+    the validated INT8 graph's transformers.js name."""
     found = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    return {f for f in found if f not in JUNK and not f.startswith(".cache/")} | {"README.md"}
+    return {f for f in found if f not in JUNK and not f.startswith(".cache/")} | {"README.md", QUANTIZED_ALIAS}
 
 
 def listed(output: str) -> dict[str, str]:
@@ -279,11 +280,20 @@ def test_publish_to_dir_writes_exactly_the_publishable_files(embedding, tmp_path
     assert code == 0, err
     copied = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert copied == expected_files(embedding)
-    assert copied == set(publishable_files(Artifact(embedding)))
+    assert copied == set(publishable_files(Artifact(embedding))) | {QUANTIZED_ALIAS}
     manifest = json.loads((out / "qconv.json").read_text())
     assert set(manifest["files"]) == copied - {"qconv.json"}
     for rel, digest in manifest["files"].items():
         assert sha256(out / rel) == digest
+    # transformers.js's q8 name: the recommended INT8 graph, one copy of the bytes (a hard link).
+    int8 = manifest["aliases"][QUANTIZED_ALIAS]
+    assert int8 == recommended_variant(Artifact(embedding)) and manifest["variants"][int8]["precision"] == "int8"
+    assert (out / QUANTIZED_ALIAS).samefile(out / manifest["variants"][int8]["file"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["transformers.js_config"] == {"dtype": "q8"}
+    assert {k: v for k, v in config.items() if k != "transformers.js_config"} == json.loads(
+        (embedding / "config.json").read_text()
+    )
     assert parse_card_metadata((out / "README.md").read_text())["library_name"] == "sentence-transformers"
     stage = Artifact(embedding).manifest["stages"][-1]
     assert stage["stage"] == "publish" and stage["target"] == "dir" and stage["files"] == len(copied)
@@ -368,7 +378,9 @@ def test_publish_to_hub_with_token_from_env(embedding, run_cli, fake_hub, monkey
     assert not upload["folder"].exists()  # the staged copy is gone
     art = Artifact(embedding)
     for rel, digest in upload["files"].items():
-        if rel not in ("qconv.json",):
+        if rel == QUANTIZED_ALIAS:
+            assert digest == art.manifest["files"][art.variants[recommended_variant(art)]["file"]]
+        elif rel not in ("qconv.json", "config.json"):  # config.json gains transformers.js_config
             assert art.manifest["files"][rel] == digest
     stage = art.manifest["stages"][-1]
     assert stage["stage"] == "publish" and stage["repo_id"] == "org/tiny" and stage["commit"] == "0123abcd"
