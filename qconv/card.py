@@ -337,6 +337,29 @@ def _qconv_snippet(data: _CardData, file: str, imports: list[str], body: list[st
     return ["```python", *imports, "", where, *body, "```"]
 
 
+# transformers.js's dtype -> file name under onnx/ (model{suffix}.onnx); qconv publishes its INT8 pick as q8.
+_JS_DTYPES = {"model": "fp32", "model_fp16": "fp16", "model_q4": "q4", "model_q4f16": "q4f16"}
+
+
+def _js_dtype(data: _CardData, variant: str) -> str:
+    """The transformers.js dtype that loads ``variant`` (q8: the published onnx/model_quantized.onnx)."""
+    if variant in _JS_DTYPES:
+        return _JS_DTYPES[variant]
+    if data.art.variants[variant].get("precision") == "int8" and variant == recommended_variant(data.art):
+        return "q8"
+    return "fp32"
+
+
+def _js_dtype_note(data: _CardData, variant: str) -> str:
+    if _js_dtype(data, variant) == "q8":
+        return (
+            f"`qconv publish` puts `{data.art.variants[variant]['file']}` also at `onnx/model_quantized.onnx` (the "
+            'same bytes), which `dtype: "q8"` loads; `config.json` makes it the default. Local copies made with '
+            "`qconv publish --to DIR` have it too."
+        )
+    return '`dtype: "fp32"` loads `onnx/model.onnx`.'
+
+
 def _embedding_usage(data: _CardData, variant: str) -> list[str]:
     file = data.art.variants[variant]["file"]
     onnx_dir, onnx_name = file.rsplit("/", 1)
@@ -377,6 +400,51 @@ def _embedding_usage(data: _CardData, variant: str) -> list[str]:
         "hidden = model(**batch).last_hidden_state",
         *_pooling_code(emb.get("pooling"), bool(emb.get("normalize"))),
         "```",
+        "",
+        "optimum drops the graph's `sentence_embedding` output: the snippet pools `last_hidden_state` itself. "
+        + (
+            "The tokenizer pads on the left, so the last position is every text's last token: keep it so "
+            "(transformers.js's and fastembed's last-token pooling read that position)."
+            if emb.get("padding_side") == "left"
+            else ""
+        ),
+        "",
+        "### fastembed",
+        "",
+        *_qconv_snippet(
+            data,
+            file,
+            [
+                "import numpy as np",
+                "from fastembed import TextEmbedding",
+                "from fastembed.common.model_description import ModelSource, PoolingType",
+            ],
+            [
+                "# the graph pools and normalises: read its sentence_embedding output as it is",
+                f'TextEmbedding.add_custom_model("{data.name}", pooling=PoolingType.DISABLED, normalization=False, '
+                f'sources=ModelSource(hf="{ref}"), dim={emb.get("dimension")}, model_file="{file}", '
+                'output_name="sentence_embedding")',
+                f'model = TextEmbedding("{data.name}", specific_model_path=path)',
+                f"texts = [{(query_prompt or '') + query!r}, {document!r}]",
+                "embeddings = np.array(list(model.embed(texts)))",
+                "print(embeddings[0] @ embeddings[1])",
+            ],
+        ),
+        "",
+        "### transformers.js",
+        "",
+        "```js",
+        'import { AutoModel, AutoTokenizer } from "@huggingface/transformers";',
+        "",
+        f'const tokenizer = await AutoTokenizer.from_pretrained("{ref}");',
+        f'const model = await AutoModel.from_pretrained("{ref}", {{ dtype: "{_js_dtype(data, variant)}" }});',
+        f"const texts = [{json.dumps((query_prompt or '') + query)}, {json.dumps(document)}];",
+        "const inputs = tokenizer(texts, { padding: true, truncation: true });",
+        "const { sentence_embedding } = await model(inputs);",
+        "console.log(sentence_embedding.tolist());",
+        "```",
+        "",
+        _js_dtype_note(data, variant),
         "",
     ]
     lines += [

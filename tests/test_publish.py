@@ -199,7 +199,7 @@ def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, ca
     art = Artifact(validated_embedding)
     text = render_model_card(art).replace(f"path/to/{art.name}", str(art.path))
     blocks = _python_blocks(text)
-    assert set(blocks) == {"sentence-transformers", "optimum", "onnxruntime with qconv (no torch)"}
+    assert set(blocks) == {"sentence-transformers", "optimum", "fastembed", "onnxruntime with qconv (no torch)"}
     variant = re.search(r'variant="([^"]+)"', blocks["onnxruntime with qconv (no torch)"]).group(1)
     assert art.variants[variant]["precision"] == "int8"  # the CPU variant that passed validation
     spaces = {}
@@ -213,6 +213,7 @@ def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, ca
     assert cosine_min(spaces["sentence-transformers"]["queries"], query) >= 0.9999
     assert cosine_min(spaces["onnxruntime with qconv (no torch)"]["queries"], query) >= 0.9999
     assert cosine_min(spaces["optimum"]["embeddings"].detach().numpy(), together) >= 0.9999
+    assert cosine_min(spaces["fastembed"]["embeddings"], together) >= 0.9999
 
     rr = Artifact(validated_reranker)
     text = render_model_card(rr).replace(f"path/to/{rr.name}", str(rr.path))
@@ -244,6 +245,44 @@ def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, ca
     assert np.abs(sigmoid(ns["logits"].detach().numpy()) - ours).max() <= 1e-5
     assert np.abs(sigmoid(spaces["fastembed"]["logits"]) - ours).max() <= 1e-5
     assert np.abs(sigmoid(spaces["onnxruntime"]["logits"][:, 0]) - ours).max() <= 1e-5
+
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+def test_card_transformers_js_snippet(validated_embedding, tmp_path):
+    """The transformers.js snippet, run by Node on a published copy (dtype q8 = onnx/model_quantized.onnx)."""
+    import subprocess
+
+    from qconv import Embedder
+    from qconv.publish import publish_to_dir
+
+    if not shutil.which("node") or not (JS_DIR / "node_modules" / "@huggingface" / "transformers").is_dir():
+        pytest.skip("node or @huggingface/transformers is missing (npm ci --ignore-scripts --prefix tests/js)")
+    copy = Path(publish_to_dir(validated_embedding, tmp_path / "published").destination)
+    text = render_model_card(Artifact(copy)).replace(f"path/to/{copy.name}", str(copy))
+    code = re.search(r"### transformers.js\n\n```js\n(.*?)```", text, re.S).group(1)
+    assert 'dtype: "q8"' in code
+    prelude = (
+        'import { env } from "@huggingface/transformers";\nenv.allowRemoteModels = false;\nenv.localModelPath = "/";\n'
+    )
+    script = JS_DIR / f"snippet-{tmp_path.name}.mjs"  # beside node_modules, so the import resolves
+    script.write_text(
+        prelude
+        + code.replace(
+            "console.log(sentence_embedding.tolist());", "console.log(JSON.stringify(sentence_embedding.tolist()));"
+        )
+    )
+    try:
+        run = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=300)
+    finally:
+        script.unlink()
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = np.array(json.loads(run.stdout.strip().splitlines()[-1]))
+    texts = json.loads("[" + re.search(r"const texts = \[(.*)\];", code).group(1) + "]")
+    art = Artifact(copy)
+    variant = art.manifest["aliases"][QUANTIZED_ALIAS]
+    assert cosine_min(got, Embedder(art, variant=variant).encode(texts)) >= 0.9999
 
 
 def test_reranker_card(validated_reranker, tmp_path):
