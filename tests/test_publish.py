@@ -192,7 +192,7 @@ def _python_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
-def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, capsys):
+def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, capsys, optimum_ort):
     """The usage snippets, run as written against the local artifact, give qconv's own results."""
     from qconv import Embedder, Reranker
 

@@ -135,7 +135,7 @@ def test_shipped_chat_template_renders_the_exact_text(seqcls_artifact):
     assert custom == QWEN3_RERANKER_TEMPLATE.text(QUERY, DOCS[0], "Find the city")
 
 
-def test_cross_encoder_scores_like_qconv(seqcls_artifact):
+def test_cross_encoder_scores_like_qconv(seqcls_artifact, optimum_ort):
     """Plain (query, document) pairs in CrossEncoder: the shipped template and max length do the rest."""
     from sentence_transformers import CrossEncoder
 
@@ -146,7 +146,7 @@ def test_cross_encoder_scores_like_qconv(seqcls_artifact):
     assert np.abs(got - reranker.score(QUERY, DOCS)).max() <= 1e-5
 
 
-def test_cross_encoder_truncation_keeps_the_suffix(seqcls_artifact):
+def test_cross_encoder_truncation_keeps_the_suffix(seqcls_artifact, optimum_ort):
     """Over the max length, sentence-transformers writes the template suffix back over the cut pair, which
     is qconv's truncation (document cut from its end, suffix whole); without that restore it scores another
     position. 128 tokens stands in for the artifact's 8192 to keep the test small."""
@@ -164,8 +164,18 @@ def test_cross_encoder_truncation_keeps_the_suffix(seqcls_artifact):
     assert np.abs(np.asarray(cut, dtype=np.float64) - ours)[:2].max() > 1e-4
 
 
-def test_loads_in_optimum(seqcls_artifact):
-    from optimum.onnxruntime import ORTModelForSequenceClassification
+def test_cross_encoder_torch_backend_scores_like_qconv(seqcls_artifact):
+    """The converted PyTorch checkpoint in CrossEncoder's default backend (no optimum needed) reads the same
+    chat template."""
+    from sentence_transformers import CrossEncoder
+
+    cross = CrossEncoder(str(seqcls_artifact), device="cpu")
+    got = np.asarray(cross.predict([(QUERY, d) for d in DOCS]), dtype=np.float64)
+    assert np.abs(got - Reranker(seqcls_artifact).score(QUERY, DOCS)).max() <= 1e-5
+
+
+def test_loads_in_optimum(seqcls_artifact, optimum_ort):
+    ORTModelForSequenceClassification = optimum_ort.ORTModelForSequenceClassification
 
     reranker = Reranker(seqcls_artifact)
     texts = [QWEN3_RERANKER_TEMPLATE.text(QUERY, d) for d in DOCS[:3]]
