@@ -490,7 +490,7 @@ def _template_tokens(data: _CardData) -> int | None:
     return len(Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids)
 
 
-def _seqcls_consumers(data: _CardData, file: str, constants: list[str]) -> list[str]:
+def _seqcls_consumers(data: _CardData, variant: str, file: str, constants: list[str]) -> list[str]:
     """CrossEncoder (reads chat_template.jinja), then the consumers that need the scored text built by hand."""
     onnx_dir, onnx_name = file.rsplit("/", 1)
     rr = data.manifest.get("reranker") or {}
@@ -575,6 +575,27 @@ def _seqcls_consumers(data: _CardData, file: str, constants: list[str]) -> list[
             ],
         ),
         "",
+        "### transformers.js",
+        "",
+        "```js",
+        'import { AutoModel, AutoTokenizer } from "@huggingface/transformers";',
+        "",
+        f'const tokenizer = await AutoTokenizer.from_pretrained("{ref}");',
+        f'const model = await AutoModel.from_pretrained("{ref}", {{ dtype: "{_js_dtype(data, variant)}" }});',
+        f"const PREFIX = {json.dumps(template.get('prefix', ''), ensure_ascii=False)};",
+        f"const BODY = {json.dumps(template.get('body', ''), ensure_ascii=False)};",
+        f"const SUFFIX = {json.dumps(template.get('suffix', ''), ensure_ascii=False)};",
+        f"const INSTRUCTION = {json.dumps(rr.get('instruction', ''), ensure_ascii=False)};",
+        'const query = "What is the capital of China?";',
+        'const documents = ["The capital of China is Beijing.", "Gravity is a force that attracts bodies."];',
+        'const texts = documents.map((d) => PREFIX + BODY.replace("{instruction}", () => INSTRUCTION)',
+        '  .replace("{query}", () => query).replace("{document}", () => d) + SUFFIX);',
+        "const { logits } = await model(tokenizer(texts, { padding: true }));",
+        "console.log(logits.sigmoid().tolist());  // P(yes) per document",
+        "```",
+        "",
+        _js_dtype_note(data, variant),
+        "",
         "### onnxruntime",
         "",
         *_qconv_snippet(
@@ -612,7 +633,7 @@ def _reranker_usage(data: _CardData, variant: str) -> list[str]:
     ]
     lines = ["## Usage", "", f"The snippets load `{file}`; any file from the table works.", ""]
     if data.reranker_format == "seq-cls":
-        lines += _seqcls_consumers(data, file, constants)
+        lines += _seqcls_consumers(data, variant, file, constants)
     else:
         lines += [
             "This is the causal-LM format: the graph returns full-vocabulary logits for every position, and "

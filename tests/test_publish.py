@@ -250,39 +250,46 @@ def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, ca
 JS_DIR = Path(__file__).parent / "js"
 
 
-def test_card_transformers_js_snippet(validated_embedding, tmp_path):
-    """The transformers.js snippet, run by Node on a published copy (dtype q8 = onnx/model_quantized.onnx)."""
+def _run_js_snippet(artifact: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
+    """The card's transformers.js snippet, run by Node on a published copy of ``artifact``."""
     import subprocess
 
-    from qconv import Embedder
     from qconv.publish import publish_to_dir
 
     if not shutil.which("node") or not (JS_DIR / "node_modules" / "@huggingface" / "transformers").is_dir():
         pytest.skip("node or @huggingface/transformers is missing (npm ci --ignore-scripts --prefix tests/js)")
-    copy = Path(publish_to_dir(validated_embedding, tmp_path / "published").destination)
+    copy = Path(publish_to_dir(artifact, tmp_path / "published").destination)
     text = render_model_card(Artifact(copy)).replace(f"path/to/{copy.name}", str(copy))
     code = re.search(r"### transformers.js\n\n```js\n(.*?)```", text, re.S).group(1)
-    assert 'dtype: "q8"' in code
     prelude = (
         'import { env } from "@huggingface/transformers";\nenv.allowRemoteModels = false;\nenv.localModelPath = "/";\n'
     )
     script = JS_DIR / f"snippet-{tmp_path.name}.mjs"  # beside node_modules, so the import resolves
-    script.write_text(
-        prelude
-        + code.replace(
-            "console.log(sentence_embedding.tolist());", "console.log(JSON.stringify(sentence_embedding.tolist()));"
-        )
-    )
+    script.write_text(prelude + re.sub(r"console\.log\((.*)\);", r"console.log(JSON.stringify(\1));", code))
     try:
         run = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=300)
     finally:
         script.unlink()
     assert run.returncode == 0, run.stderr[-2000:]
-    got = np.array(json.loads(run.stdout.strip().splitlines()[-1]))
+    return code, np.array(json.loads(run.stdout.strip().splitlines()[-1]), dtype=np.float64)
+
+
+def test_card_transformers_js_snippets(validated_embedding, validated_reranker, tmp_path):
+    """transformers.js (dtype q8 = the published onnx/model_quantized.onnx where there is one) gives qconv's
+    embeddings, and P(yes) from the exact reranker text."""
+    from qconv import Embedder, Reranker
+
+    code, got = _run_js_snippet(validated_embedding, tmp_path / "embedding")
+    assert 'dtype: "q8"' in code
     texts = json.loads("[" + re.search(r"const texts = \[(.*)\];", code).group(1) + "]")
-    art = Artifact(copy)
-    variant = art.manifest["aliases"][QUANTIZED_ALIAS]
-    assert cosine_min(got, Embedder(art, variant=variant).encode(texts)) >= 0.9999
+    art = Artifact(validated_embedding)
+    assert cosine_min(got, Embedder(art, variant=recommended_variant(art)).encode(texts)) >= 0.9999
+
+    code, got = _run_js_snippet(validated_reranker, tmp_path / "reranker")
+    query = json.loads(re.search(r"const query = (.*);", code).group(1))
+    documents = json.loads(re.search(r"const documents = (.*);", code).group(1))
+    rr = Artifact(validated_reranker)
+    assert np.abs(got[:, 0] - Reranker(rr, variant=recommended_variant(rr)).score(query, documents)).max() <= 1e-5
 
 
 def test_reranker_card(validated_reranker, tmp_path):
