@@ -111,6 +111,8 @@ def export_embedding(
         print_parity(parity)
         require_parity(parity)
         shutil.copyfile(source.path / "config.json", tmp / "config.json")
+        # fastembed and transformers.js truncate at model_max_length: the same limit as qconv and ST.
+        tokenizer.model_max_length = max_length
         tokenizer.save_pretrained(tmp)
         st_files = write_st_files(
             tmp,

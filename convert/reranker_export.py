@@ -39,6 +39,7 @@ RERANKER_AXES = {
     "input_ids": {0: "batch_size", 1: "sequence_length"},
     "attention_mask": {0: "batch_size", 1: "sequence_length"},
 }
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 SCORE_RULE = {"seq-cls": "sigmoid(logits[:, 0])", "causal-lm": "softmax(logits[last, [no, yes]])[yes]"}
 
 
@@ -180,7 +181,13 @@ def export_reranker(
         require_reranker_parity(parity)
         if checkpoint is None:
             shutil.copyfile(source.path / "config.json", tmp / "config.json")
+        # Consumers read these two: sentence-transformers renders CrossEncoder pairs with the chat template
+        # (replacing the source's chat one, which does not score), and truncates at model_max_length.
+        hf_tokenizer.chat_template = spec.template.chat_template(instruction)
+        hf_tokenizer.model_max_length = max_length
         hf_tokenizer.save_pretrained(tmp)
+        if not (tmp / CHAT_TEMPLATE_FILE).is_file():
+            raise QconvError(f"the tokenizer did not write {CHAT_TEMPLATE_FILE}; transformers is too old")
         write_new_manifest(
             tmp,
             {
@@ -198,6 +205,7 @@ def export_reranker(
                     "padding_side": hf_tokenizer.padding_side,
                     "max_length": max_length,
                     "truncation": "document first, then query; template prefix and suffix kept whole",
+                    "chat_template": CHAT_TEMPLATE_FILE,
                 },
                 "conversion": conversion,
                 "pytorch_checkpoint": checkpoint,

@@ -371,6 +371,29 @@ def _qconv_snippet(data: _CardData, file: str, imports: list[str], body: list[st
     return ["```python", *imports, "", where, *body, "```"]
 
 
+# transformers.js's dtype -> file name under onnx/ (model{suffix}.onnx); qconv publishes its INT8 pick as q8.
+_JS_DTYPES = {"model": "fp32", "model_fp16": "fp16", "model_q4": "q4", "model_q4f16": "q4f16"}
+
+
+def _js_dtype(data: _CardData, variant: str) -> str:
+    """The transformers.js dtype that loads ``variant`` (q8: the published onnx/model_quantized.onnx)."""
+    if variant in _JS_DTYPES:
+        return _JS_DTYPES[variant]
+    if data.art.variants[variant].get("precision") == "int8" and variant == recommended_variant(data.art):
+        return "q8"
+    return "fp32"
+
+
+def _js_dtype_note(data: _CardData, variant: str) -> str:
+    if _js_dtype(data, variant) == "q8":
+        return (
+            f"`qconv publish` puts `{data.art.variants[variant]['file']}` also at `onnx/model_quantized.onnx` (the "
+            'same bytes), which `dtype: "q8"` loads; `config.json` makes it the default. Local copies made with '
+            "`qconv publish --to DIR` have it too."
+        )
+    return '`dtype: "fp32"` loads `onnx/model.onnx`.'
+
+
 def _embedding_usage(data: _CardData, variant: str) -> list[str]:
     file = data.art.variants[variant]["file"]
     onnx_dir, onnx_name = file.rsplit("/", 1)
@@ -412,6 +435,51 @@ def _embedding_usage(data: _CardData, variant: str) -> list[str]:
         *_pooling_code(emb.get("pooling"), bool(emb.get("normalize"))),
         "```",
         "",
+        "optimum drops the graph's `sentence_embedding` output: the snippet pools `last_hidden_state` itself. "
+        + (
+            "The tokenizer pads on the left, so the last position is every text's last token: keep it so "
+            "(transformers.js's and fastembed's last-token pooling read that position)."
+            if emb.get("padding_side") == "left"
+            else ""
+        ),
+        "",
+        "### fastembed",
+        "",
+        *_qconv_snippet(
+            data,
+            file,
+            [
+                "import numpy as np",
+                "from fastembed import TextEmbedding",
+                "from fastembed.common.model_description import ModelSource, PoolingType",
+            ],
+            [
+                "# the graph pools and normalises: read its sentence_embedding output as it is",
+                f'TextEmbedding.add_custom_model("{data.name}", pooling=PoolingType.DISABLED, normalization=False, '
+                f'sources=ModelSource(hf="{ref}"), dim={emb.get("dimension")}, model_file="{file}", '
+                'output_name="sentence_embedding")',
+                f'model = TextEmbedding("{data.name}", specific_model_path=path)',
+                f"texts = [{(query_prompt or '') + query!r}, {document!r}]",
+                "embeddings = np.array(list(model.embed(texts)))",
+                "print(embeddings[0] @ embeddings[1])",
+            ],
+        ),
+        "",
+        "### transformers.js",
+        "",
+        "```js",
+        'import { AutoModel, AutoTokenizer } from "@huggingface/transformers";',
+        "",
+        f'const tokenizer = await AutoTokenizer.from_pretrained("{ref}");',
+        f'const model = await AutoModel.from_pretrained("{ref}", {{ dtype: "{_js_dtype(data, variant)}" }});',
+        f"const texts = [{json.dumps((query_prompt or '') + query)}, {json.dumps(document)}];",
+        "const inputs = tokenizer(texts, { padding: true, truncation: true });",
+        "const { sentence_embedding } = await model(inputs);",
+        "console.log(sentence_embedding.tolist());",
+        "```",
+        "",
+        _js_dtype_note(data, variant),
+        "",
     ]
     lines += [
         "### onnxruntime with qconv (no torch)",
@@ -442,12 +510,154 @@ def _template_parts(template: dict) -> tuple[str, str]:
     return body[:cut], body[cut:]
 
 
-def _reranker_usage(data: _CardData, variant: str) -> list[str]:
-    file = data.art.variants[variant]["file"]
+def _template_tokens(data: _CardData) -> int | None:
+    """Tokens the template itself takes (prefix, instruction line labels, suffix): the pair gets the rest."""
+    from tokenizers import Tokenizer
+
+    rr = data.manifest.get("reranker") or {}
+    path = data.art.path / "tokenizer.json"
+    if not path.is_file() or not rr.get("template"):
+        return None
+    from .rerank_template import RerankTemplate
+
+    text = RerankTemplate.from_manifest(rr["template"]).text("", "", rr.get("instruction"))
+    return len(Tokenizer.from_file(str(path)).encode(text, add_special_tokens=False).ids)
+
+
+def _seqcls_consumers(data: _CardData, variant: str, file: str, constants: list[str]) -> list[str]:
+    """CrossEncoder (reads chat_template.jinja), then the consumers that need the scored text built by hand."""
     onnx_dir, onnx_name = file.rsplit("/", 1)
     rr = data.manifest.get("reranker") or {}
     template = rr.get("template") or {}
     ref = data.model_ref
+    max_length = rr.get("max_length")
+    overhead = _template_tokens(data)
+    head, tail = _template_parts(template)
+    text_line = f"BODY = {template.get('body', '')!r}"
+    texts = (
+        "texts = [PREFIX + BODY.format(instruction=INSTRUCTION, query=query, document=d) + SUFFIX for d in documents]"
+    )
+    return [
+        "### sentence-transformers (CrossEncoder)",
+        "",
+        "The artifact ships the template as `chat_template.jinja`: sentence-transformers (5.7 and later) renders "
+        "each (query, document) pair with it, so plain pairs score as qconv does. The graph has one logit, "
+        "`W[yes] - W[no]`; CrossEncoder's sigmoid activation turns it into P(yes). Over the max length "
+        f"({max_length} tokens, `tokenizer_config.json`) it cuts the document and writes the template's suffix "
+        "back, as qconv does. Another instruction: "
+        '`model.predict(pairs, processing_kwargs={"chat_template": {"instruction": "..."}})`.',
+        "",
+        "```python",
+        "from sentence_transformers import CrossEncoder",
+        "",
+        f'model = CrossEncoder("{ref}", backend="onnx", model_kwargs={{"file_name": "{file}"}})',
+        *constants[-2:],
+        "pairs = [(query, d) for d in documents]",
+        "print(model.predict(pairs))  # P(yes) per document",
+        "```",
+        "",
+        "### Without a chat template: the exact text",
+        "",
+        "optimum, fastembed, transformers.js and plain onnxruntime apply no template: give them the whole "
+        "scored text (see *Template* below), built as `PREFIX + BODY.format(instruction=..., query=..., "
+        "document=...) + SUFFIX` with the strings in the snippets, the suffix's two trailing newlines "
+        "included. They return the logit; P(yes) = sigmoid(logit). They truncate from the end of the text, "
+        f"which cuts the suffix and scores the wrong position: keep each text within {max_length} tokens "
+        + (f"(the template with its default instruction takes {overhead}) " if overhead else "")
+        + "by shortening the document first, or use CrossEncoder or qconv's `Reranker`.",
+        "",
+        "### optimum",
+        "",
+        "```python",
+        "import torch",
+        "from optimum.onnxruntime import ORTModelForSequenceClassification",
+        "from transformers import AutoTokenizer",
+        "",
+        f'model = ORTModelForSequenceClassification.from_pretrained("{ref}", subfolder="{onnx_dir}", '
+        f'file_name="{onnx_name}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{ref}")  # {rr.get("padding_side")} padding',
+        *constants,
+        text_line,
+        texts,
+        'batch = tokenizer(texts, padding=True, return_tensors="pt")',
+        "logits = model(**batch).logits[:, 0]",
+        "print(torch.sigmoid(logits))  # P(yes) per document",
+        "```",
+        "",
+        "### fastembed",
+        "",
+        "fastembed tokenizes a (query, document) pair as the two halves of the text, split where the "
+        "document starts; `rerank_pairs` returns logits.",
+        "",
+        *_qconv_snippet(
+            data,
+            file,
+            [
+                "import numpy as np",
+                "from fastembed.common.model_description import ModelSource",
+                "from fastembed.rerank.cross_encoder import TextCrossEncoder",
+            ],
+            [
+                f'TextCrossEncoder.add_custom_model("{data.name}", sources=ModelSource(hf="{ref}"), '
+                f'model_file="{file}")',
+                f'model = TextCrossEncoder("{data.name}", specific_model_path=path)',
+                *constants,
+                f"pairs = [(PREFIX + {head!r}.format(instruction=INSTRUCTION, query=query), "
+                f"{tail!r}.format(document=d) + SUFFIX) for d in documents]",
+                "logits = np.array(list(model.rerank_pairs(pairs)))",
+                "print(1 / (1 + np.exp(-logits)))  # P(yes) per document",
+            ],
+        ),
+        "",
+        "### transformers.js",
+        "",
+        "```js",
+        'import { AutoModel, AutoTokenizer } from "@huggingface/transformers";',
+        "",
+        f'const tokenizer = await AutoTokenizer.from_pretrained("{ref}");',
+        f'const model = await AutoModel.from_pretrained("{ref}", {{ dtype: "{_js_dtype(data, variant)}" }});',
+        f"const PREFIX = {json.dumps(template.get('prefix', ''), ensure_ascii=False)};",
+        f"const BODY = {json.dumps(template.get('body', ''), ensure_ascii=False)};",
+        f"const SUFFIX = {json.dumps(template.get('suffix', ''), ensure_ascii=False)};",
+        f"const INSTRUCTION = {json.dumps(rr.get('instruction', ''), ensure_ascii=False)};",
+        'const query = "What is the capital of China?";',
+        'const documents = ["The capital of China is Beijing.", "Gravity is a force that attracts bodies."];',
+        'const texts = documents.map((d) => PREFIX + BODY.replace("{instruction}", () => INSTRUCTION)',
+        '  .replace("{query}", () => query).replace("{document}", () => d) + SUFFIX);',
+        "const { logits } = await model(tokenizer(texts, { padding: true }));",
+        "console.log(logits.sigmoid().tolist());  // P(yes) per document",
+        "```",
+        "",
+        _js_dtype_note(data, variant),
+        "",
+        "### onnxruntime",
+        "",
+        *_qconv_snippet(
+            data,
+            file,
+            ["import numpy as np", "import onnxruntime as ort", "from tokenizers import Tokenizer"],
+            [
+                'tokenizer = Tokenizer.from_file(f"{path}/tokenizer.json")',
+                f'tokenizer.enable_padding(direction="{rr.get("padding_side")}", pad_id={rr.get("pad_token_id")})',
+                f'session = ort.InferenceSession(f"{{path}}/{file}", providers=["CPUExecutionProvider"])',
+                *constants,
+                text_line,
+                texts,
+                "encoded = tokenizer.encode_batch(texts)",
+                "ids = np.array([e.ids for e in encoded], dtype=np.int64)",
+                "mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)",
+                '(logits,) = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})',
+                "print(1 / (1 + np.exp(-logits[:, 0])))  # P(yes) per document",
+            ],
+        ),
+        "",
+    ]
+
+
+def _reranker_usage(data: _CardData, variant: str) -> list[str]:
+    file = data.art.variants[variant]["file"]
+    rr = data.manifest.get("reranker") or {}
+    template = rr.get("template") or {}
     constants = [
         f"PREFIX = {template.get('prefix', '')!r}",
         f"SUFFIX = {template.get('suffix', '')!r}",
@@ -457,48 +667,7 @@ def _reranker_usage(data: _CardData, variant: str) -> list[str]:
     ]
     lines = ["## Usage", "", f"The snippets load `{file}`; any file from the table works.", ""]
     if data.reranker_format == "seq-cls":
-        head, tail = _template_parts(template)
-        lines += [
-            "### sentence-transformers (CrossEncoder)",
-            "",
-            "The graph has one logit, `W[yes] - W[no]`; CrossEncoder's sigmoid activation turns it into P(yes). "
-            "The template is applied by hand, split where the document starts:",
-            "",
-            "```python",
-            "from sentence_transformers import CrossEncoder",
-            "",
-            f'model = CrossEncoder("{ref}", backend="onnx", model_kwargs={{"file_name": "{file}"}})',
-            *constants,
-            "pairs = [",
-            f"    (PREFIX + {head!r}.format(instruction=INSTRUCTION, query=query), "
-            f"{tail!r}.format(document=d) + SUFFIX)",
-            "    for d in documents",
-            "]",
-            "print(model.predict(pairs))  # P(yes) per document",
-            "```",
-            "",
-            "### optimum",
-            "",
-            "```python",
-            "import torch",
-            "from optimum.onnxruntime import ORTModelForSequenceClassification",
-            "from transformers import AutoTokenizer",
-            "",
-            f'model = ORTModelForSequenceClassification.from_pretrained("{ref}", subfolder="{onnx_dir}", '
-            f'file_name="{onnx_name}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{ref}")  # {rr.get("padding_side")} padding',
-            *constants,
-            f"BODY = {template.get('body', '')!r}",
-            "texts = [PREFIX + BODY.format(instruction=INSTRUCTION, query=query, document=d) + SUFFIX "
-            "for d in documents]",
-            'batch = tokenizer(texts, padding=True, return_tensors="pt")',
-            "print(torch.sigmoid(model(**batch).logits[:, 0]))  # P(yes) per document",
-            "```",
-            "",
-            "These two truncate nothing themselves: for pairs over the max length, use qconv's `Reranker`, "
-            "which shortens the document (then the query) and keeps the template whole.",
-            "",
-        ]
+        lines += _seqcls_consumers(data, variant, file, constants)
     else:
         lines += [
             "This is the causal-LM format: the graph returns full-vocabulary logits for every position, and "
@@ -802,6 +971,11 @@ def _reproduce_section(data: _CardData) -> list[str]:
         "",
         f"Package versions: {shown}.",
     ]
+
+
+def recommended_variant(art: Artifact) -> str:
+    """The variant the card's snippets load (a validated INT8 one where there is one)."""
+    return _CardData(art, None, None).example_variant()
 
 
 def render_model_card(art: Artifact, model_id: str | None = None, base_model: str | None = None) -> str:

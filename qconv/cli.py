@@ -549,6 +549,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if _debug():
             raise
+        if isinstance(exc, ModuleNotFoundError):
+            from .extras import missing_extra_message
+
+            args = argv if argv is not None else sys.argv[1:]
+            message = missing_extra_message(exc, next((a for a in args if not a.startswith("-")), None))
+            if message:
+                click.echo(f"error: {message}", err=True)
+                return 2
         click.echo(
             f"error: internal error: {type(exc).__name__}: {one_line(exc)} (set QCONV_DEBUG=1 for the traceback)",
             err=True,

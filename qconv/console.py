@@ -18,14 +18,18 @@ def quiet_libraries() -> None:
     versions (its check only exempts configs written by <= 4.57.2); the tokenizer is not changed. The
     ONNX exporter logs that torchvision is absent, which qconv never needs.
     """
-    import datasets
     import huggingface_hub
-    import transformers
 
-    transformers.logging.set_verbosity_error()
     huggingface_hub.utils.logging.set_verbosity_error()
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()  # qconv shows its own progress; "Generating train split" is noise
+    with contextlib.suppress(ImportError):  # the convert extra; the torch-free runtime has neither
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    with contextlib.suppress(ImportError):
+        import datasets
+
+        datasets.logging.set_verbosity_error()
+        datasets.disable_progress_bars()  # qconv shows its own progress; "Generating train split" is noise
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 

@@ -40,6 +40,9 @@ _EXCLUDED_NAMES = {"__pycache__", "Thumbs.db"}
 HUB_MANAGED = ["onnx/*", "reports/*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 ARCHIVE_SUFFIX = ".tar.gz"
+# transformers.js loads dtype "q8" from this name; the recommended INT8 variant is published under it too.
+QUANTIZED_ALIAS = "onnx/model_quantized.onnx"
+CONFIG = "config.json"
 
 
 @dataclass
@@ -66,6 +69,25 @@ def publishable_files(art: Artifact) -> list[str]:
     """Relative paths to publish: the manifest's recorded files that belong on the Hub, and the manifest."""
     recorded = art.manifest.get("files") or {}
     return sorted({rel for rel in recorded if is_publishable(rel)} | {MANIFEST})
+
+
+def quantized_alias(art: Artifact, rels: list[str]) -> str | None:
+    """The variant to publish also as ``onnx/model_quantized.onnx``: the one the card recommends, when it is
+    a validated INT8 graph in one file (an alias of a graph with external data would need its data renamed)."""
+    from .card import recommended_variant
+
+    if QUANTIZED_ALIAS in art.manifest.get("files", {}):
+        return None
+    variant = recommended_variant(art)
+    entry = art.variants.get(variant) or {}
+    file = entry.get("file", "")
+    if (
+        entry.get("precision") != "int8"
+        or entry.get("external_data")
+        or any(r != file and r.startswith(file) for r in rels)
+    ):
+        return None
+    return variant
 
 
 def check_publishable(art: Artifact, force: bool = False) -> list[str]:
@@ -118,14 +140,16 @@ def verify_files(art: Artifact, force: bool = False, dry_run: bool = False) -> N
         )
 
 
-def published_manifest(art: Artifact, rels: list[str], card_text: str | None = None) -> bytes:
-    """The manifest as published: its ``files`` narrowed to the files that are published with it (and the
-    hash of the card that is published, when it was rendered for this publication only)."""
+def published_manifest(
+    art: Artifact, rels: list[str], written: dict[str, str] | None = None, aliases: dict[str, str] | None = None
+) -> bytes:
+    """The manifest as published: its ``files`` narrowed to the files that are published with it, with the
+    hashes of the files publishing itself wrote (``written``) and the alias names (file -> variant)."""
     manifest = dict(art.manifest)
-    files = {k: v for k, v in (art.manifest.get("files") or {}).items() if k in set(rels)}
-    if card_text is not None:
-        files[CARD_FILE] = hashlib.sha256(card_text.encode("utf-8")).hexdigest()
-    manifest["files"] = dict(sorted(files.items()))
+    manifest["files"] = {k: v for k, v in (art.manifest.get("files") or {}).items() if k in set(rels)}
+    manifest["files"].update(written or {})
+    if aliases:
+        manifest["aliases"] = aliases
     return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -136,42 +160,56 @@ class _Bundle:
 
     def __init__(self, art: Artifact, card_text: str | None = None):
         self.art = art
-        self.card = card_text.encode("utf-8") if card_text is not None else None
-        self.rels = sorted(set(publishable_files(art)) | ({CARD_FILE} if card_text is not None else set()))
-        self.manifest = published_manifest(art, self.rels, card_text)
-
-    def _in_memory(self, rel: str) -> bytes | None:
-        if rel == MANIFEST:
-            return self.manifest
-        if rel == CARD_FILE and self.card is not None:
-            return self.card
-        return None
+        self.rels = publishable_files(art)
+        self.sources = {rel: art.path / rel for rel in self.rels if rel != MANIFEST}
+        self.generated: dict[str, bytes] = {}
+        files: dict[str, str] = {}
+        if card_text is not None:  # a dry run: the card is rendered in memory, never written
+            self.sources.pop(CARD_FILE, None)
+            self.generated[CARD_FILE] = card_text.encode("utf-8")
+            self.rels = sorted({*self.rels, CARD_FILE})
+            files[CARD_FILE] = hashlib.sha256(self.generated[CARD_FILE]).hexdigest()
+        alias = quantized_alias(art, self.rels)
+        if alias is not None:
+            # The same bytes under transformers.js's q8 name: hard-linked in copies, one LFS object on the Hub.
+            self.sources[QUANTIZED_ALIAS] = art.path / art.variants[alias]["file"]
+            self.rels = sorted([*self.rels, QUANTIZED_ALIAS])
+            files[QUANTIZED_ALIAS] = (art.manifest.get("files") or {}).get(art.variants[alias]["file"])
+            if CONFIG in self.sources:
+                config = json.loads(self.sources.pop(CONFIG).read_text(encoding="utf-8"))
+                config["transformers.js_config"] = {"dtype": "q8"}  # the validated INT8 by default
+                self.generated[CONFIG] = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+                files[CONFIG] = hashlib.sha256(self.generated[CONFIG]).hexdigest()
+        self.manifest = published_manifest(art, self.rels, files, {QUANTIZED_ALIAS: alias} if alias else None)
+        self.generated[MANIFEST] = self.manifest
 
     @property
     def files(self) -> list[tuple[str, int]]:
-        sizes = []
-        for rel in self.rels:
-            data = self._in_memory(rel)
-            sizes.append((rel, len(data) if data is not None else (self.art.path / rel).stat().st_size))
-        return sizes
+        return [
+            (rel, len(self.generated[rel]) if rel in self.generated else self.sources[rel].stat().st_size)
+            for rel in self.rels
+        ]
 
     def fill(self, target: Path, link: bool = False) -> None:
-        """Copy (or hard-link, falling back to a copy) the files into ``target``."""
+        """Copy (or hard-link, falling back to a copy) the files into ``target``; an alias is a hard link
+        to its file's copy, so a copy holds the bytes once."""
+        placed: dict[Path, Path] = {}
         for rel in self.rels:
             dst = target / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            data = self._in_memory(rel)
-            if data is not None:
-                dst.write_bytes(data)
+            if rel in self.generated:
+                dst.write_bytes(self.generated[rel])
                 continue
-            src = self.art.path / rel
-            if link:
+            src = self.sources[rel]
+            for origin in ([src] if link else []) + ([placed[src]] if src in placed else []):
                 try:
-                    os.link(src, dst)
-                    continue
+                    os.link(origin, dst)
+                    break
                 except OSError:
                     pass
-            shutil.copy2(src, dst)
+            else:
+                shutil.copy2(src, dst)
+            placed.setdefault(src, dst)
 
     def write_archive(self, destination: Path) -> None:
         """A gzipped tar with one top-level directory named after the archive, written atomically."""
@@ -189,14 +227,13 @@ class _Bundle:
         try:
             with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
                 for rel in self.rels:
-                    data = self._in_memory(rel)
-                    if data is not None:
+                    if rel in self.generated:
                         info = clean(tarfile.TarInfo(f"{root}/{rel}"))
-                        info.size, info.mode = len(data), 0o644
+                        info.size, info.mode = len(self.generated[rel]), 0o644
                         info.mtime = int((self.art.path / MANIFEST).stat().st_mtime)
-                        tar.addfile(info, io.BytesIO(data))
+                        tar.addfile(info, io.BytesIO(self.generated[rel]))
                     else:
-                        tar.add(self.art.path / rel, arcname=f"{root}/{rel}", recursive=False, filter=clean)
+                        tar.add(self.sources[rel], arcname=f"{root}/{rel}", recursive=False, filter=clean)
             os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary file, not the archive
             os.replace(tmp, destination)
         except BaseException:

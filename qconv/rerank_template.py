@@ -6,6 +6,8 @@ Shared by the ONNX runtime and the PyTorch reference, so both score exactly the 
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -27,6 +29,47 @@ class RerankTemplate:
     @classmethod
     def from_manifest(cls, data: dict) -> "RerankTemplate":
         return cls(**{k: data[k] for k in ("prefix", "body", "suffix", "default_instruction")})
+
+    def text(self, query: str, document: str, instruction: str | None = None) -> str:
+        """The whole scored string, as consumers without a chat template must build it."""
+        body = self.body.format(instruction=instruction or self.default_instruction, query=query, document=document)
+        return self.prefix + body + self.suffix
+
+    def chat_template(self, instruction: str | None = None) -> str:
+        """A Jinja chat template that renders a ``query``/``document`` message pair as :meth:`text` does.
+
+        sentence-transformers (5.7+) maps a CrossEncoder pair to one message per role and renders it with
+        the tokenizer's chat template. Every literal is a Jinja string expression, never template text:
+        Jinja drops one trailing newline of a template, and the suffix ends in "\n\n" (without it the
+        score is taken at another position). ``instruction`` becomes the default, overridable with the
+        ``instruction`` render argument.
+        """
+
+        def literal(text: str) -> str:
+            return "{{- " + json.dumps(text, ensure_ascii=False) + " -}}"
+
+        def role(name: str) -> str:
+            # "flat" messages carry a string; structured ones a list of {"type": "text", "text": ...}.
+            return (
+                f'{{%- set {name} = (messages | selectattr("role", "eq", "{name}") | first)["content"] -%}}\n'
+                f'{{%- if {name} is not string %}}{{% set {name} = {name} | map(attribute="text") | join %}}'
+                "{% endif -%}\n"
+            )
+
+        default = json.dumps(instruction or self.default_instruction, ensure_ascii=False)
+        fields = {
+            "instruction": f"{{{{- instruction if instruction is defined and instruction else {default} -}}}}",
+            "query": "{{- query -}}",
+            "document": "{{- document -}}",
+        }
+        pieces = [literal(self.prefix)]
+        for part in re.split(r"(\{instruction\}|\{query\}|\{document\})", self.body):
+            if part:
+                pieces.append(
+                    fields[part[1:-1]] if part in ("{instruction}", "{query}", "{document}") else literal(part)
+                )
+        pieces.append(literal(self.suffix))
+        return role("query") + role("document") + "".join(pieces)
 
 
 def resolve_instruction(instruction: str | None, default: str) -> str:

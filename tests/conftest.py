@@ -154,3 +154,10 @@ def seqcls_copy(seqcls_artifact, tmp_path):
     target = tmp_path / seqcls_artifact.name
     shutil.copytree(seqcls_artifact, target, ignore=shutil.ignore_patterns(".cache"))
     return target
+
+
+@pytest.fixture
+def optimum_ort():
+    """optimum.onnxruntime, or a skip: sentence-transformers' ONNX backend and the
+    optimum checks need it, and optimum-onnx caps transformers below 4.58 (the legacy CI stack has it)."""
+    return pytest.importorskip("optimum.onnxruntime", reason="optimum-onnx is not installed (qconv[optimum])")

@@ -106,7 +106,7 @@ def test_last_token_is_the_pad_id_and_still_pooled(qwen3_artifact):
     assert not np.allclose(a, b)
 
 
-def test_sentence_transformers_onnx_backend(qwen3_artifact):
+def test_sentence_transformers_onnx_backend(qwen3_artifact, optimum_ort):
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(qwen3_artifact), backend="onnx", device="cpu")
@@ -117,7 +117,7 @@ def test_sentence_transformers_onnx_backend(qwen3_artifact):
     assert cosine_min(query, Embedder(qwen3_artifact).encode(["hello"], prompt_name="query")) >= 0.99999
 
 
-def test_optimum_feature_extraction(qwen3_artifact):
+def test_optimum_feature_extraction(qwen3_artifact, optimum_ort):
     from optimum.onnxruntime import ORTModelForFeatureExtraction
     from transformers import AutoTokenizer
 
@@ -153,7 +153,7 @@ def test_plain_checkpoint_generates_st_files_and_external_data(qwen3_plain_artif
     assert cosine_min(vectors, reference) >= 0.99999
 
 
-def test_external_data_loads_in_sentence_transformers(qwen3_plain_artifact):
+def test_external_data_loads_in_sentence_transformers(qwen3_plain_artifact, optimum_ort):
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(qwen3_plain_artifact), backend="onnx", device="cpu")

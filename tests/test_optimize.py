@@ -174,7 +174,10 @@ def test_o3_approximates_gelu_where_there_is_one(minilm_artifact, tmp_path):
     _, entry = optimize(path, "O3")
     assert entry["passes"]["gelu_approximation"]["matched"] == 6 and entry["op_counts"]["FastGelu"] == 6
     assert "note" not in entry["passes"]["gelu_approximation"]
-    assert all(entry["passes"][name]["matched"] == 0 for name in ("rms_norm", "rotary_embedding", "attention"))
+    assert all(entry["passes"][name]["matched"] == 0 for name in ("rms_norm", "rotary_embedding"))
+    # transformers 5 exports BERT's attention as the same SDPA subgraph as Qwen3's (without rotary), which the
+    # attention fusion then fuses in all 6 layers; on 4.57 it does not match. The parity gate below holds.
+    assert entry["passes"]["attention"]["matched"] in (0, 6)
     assert entry["coverage"] is None  # no per-layer expectation for BERT
     assert entry["parity"]["gate"]["min_cosine"] == 0.9999 and entry["parity"]["cosine_min"] >= 0.9999
 

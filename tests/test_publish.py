@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from qconv.artifact import Artifact
-from qconv.card import parse_card_metadata, render_model_card, write_model_card
-from qconv.publish import publishable_files
+from qconv.card import parse_card_metadata, recommended_variant, render_model_card, write_model_card
+from qconv.publish import QUANTIZED_ALIAS, publishable_files
 from qconv.validate.datasets import dataset_spec
 
 TOKEN = "hf_qconvTestTokenDoNotLeak1234567890"
@@ -114,9 +114,10 @@ def plant_junk(path: Path) -> None:
 
 
 def expected_files(path: Path) -> set[str]:
-    """Every file of the artifact except the junk (and the cache the fixtures copy without)."""
+    """Every file of the artifact except the junk (and the cache the fixtures copy without), the card, and
+    the validated INT8 graph's transformers.js name."""
     found = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
-    return {f for f in found if f not in JUNK and not f.startswith(".cache/")} | {"README.md"}
+    return {f for f in found if f not in JUNK and not f.startswith(".cache/")} | {"README.md", QUANTIZED_ALIAS}
 
 
 def listed(output: str) -> dict[str, str]:
@@ -229,14 +230,14 @@ def _python_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
-def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, capsys):
+def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, capsys, optimum_ort):
     """The usage snippets, run as written against the local artifact, give qconv's own results."""
     from qconv import Embedder, Reranker
 
     art = Artifact(validated_embedding)
     text = render_model_card(art).replace(f"path/to/{art.name}", str(art.path))
     blocks = _python_blocks(text)
-    assert set(blocks) == {"sentence-transformers", "optimum", "onnxruntime with qconv (no torch)"}
+    assert set(blocks) == {"sentence-transformers", "optimum", "fastembed", "onnxruntime with qconv (no torch)"}
     variant = re.search(r'variant="([^"]+)"', blocks["onnxruntime with qconv (no torch)"]).group(1)
     assert art.variants[variant]["precision"] == "int8"  # the CPU variant that passed validation
     spaces = {}
@@ -250,24 +251,83 @@ def test_card_snippets_run_and_agree(validated_embedding, validated_reranker, ca
     assert cosine_min(spaces["sentence-transformers"]["queries"], query) >= 0.9999
     assert cosine_min(spaces["onnxruntime with qconv (no torch)"]["queries"], query) >= 0.9999
     assert cosine_min(spaces["optimum"]["embeddings"].detach().numpy(), together) >= 0.9999
+    assert cosine_min(spaces["fastembed"]["embeddings"], together) >= 0.9999
 
     rr = Artifact(validated_reranker)
     text = render_model_card(rr).replace(f"path/to/{rr.name}", str(rr.path))
     blocks = _python_blocks(text)
-    assert set(blocks) == {"sentence-transformers (CrossEncoder)", "optimum", "onnxruntime with qconv (no torch)"}
+    assert set(blocks) == {
+        "sentence-transformers (CrossEncoder)",
+        "optimum",
+        "fastembed",
+        "onnxruntime",
+        "onnxruntime with qconv (no torch)",
+    }
     spaces = {}
     for title, code in blocks.items():
         spaces[title] = {}
         exec(compile(code, title, "exec"), spaces[title])
     ns = spaces["optimum"]
     ours = Reranker(rr).score(ns["query"], ns["documents"])
-    cross = spaces["sentence-transformers (CrossEncoder)"]["model"].predict(
-        spaces["sentence-transformers (CrossEncoder)"]["pairs"]
+    sigmoid = lambda x: 1 / (1 + np.exp(-np.asarray(x, dtype=np.float64)))  # noqa: E731
+    cross = spaces["sentence-transformers (CrossEncoder)"]
+    assert np.abs(np.asarray(cross["model"].predict(cross["pairs"]), dtype=np.float64) - ours).max() <= 1e-5
+    custom = cross["model"].predict(cross["pairs"], processing_kwargs={"chat_template": {"instruction": "Find it"}})
+    assert (
+        np.abs(
+            np.asarray(custom, dtype=np.float64)
+            - Reranker(rr).score(ns["query"], ns["documents"], instruction="Find it")
+        ).max()
+        <= 1e-5
     )
-    assert np.abs(np.asarray(cross, dtype=np.float64) - ours).max() <= 1e-5
-    batch = ns["batch"]
-    logits = ns["model"](**batch).logits[:, 0].detach().numpy().astype(np.float64)
-    assert np.abs(1 / (1 + np.exp(-logits)) - ours).max() <= 1e-5
+    assert np.abs(sigmoid(ns["logits"].detach().numpy()) - ours).max() <= 1e-5
+    assert np.abs(sigmoid(spaces["fastembed"]["logits"]) - ours).max() <= 1e-5
+    assert np.abs(sigmoid(spaces["onnxruntime"]["logits"][:, 0]) - ours).max() <= 1e-5
+
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+def _run_js_snippet(artifact: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
+    """The card's transformers.js snippet, run by Node on a published copy of ``artifact``."""
+    import subprocess
+
+    from qconv.publish import publish_to_dir
+
+    if not shutil.which("node") or not (JS_DIR / "node_modules" / "@huggingface" / "transformers").is_dir():
+        pytest.skip("node or @huggingface/transformers is missing (npm ci --ignore-scripts --prefix tests/js)")
+    copy = Path(publish_to_dir(artifact, tmp_path / "published").destination)
+    text = render_model_card(Artifact(copy)).replace(f"path/to/{copy.name}", str(copy))
+    code = re.search(r"### transformers.js\n\n```js\n(.*?)```", text, re.S).group(1)
+    prelude = (
+        'import { env } from "@huggingface/transformers";\nenv.allowRemoteModels = false;\nenv.localModelPath = "/";\n'
+    )
+    script = JS_DIR / f"snippet-{tmp_path.name}.mjs"  # beside node_modules, so the import resolves
+    script.write_text(prelude + re.sub(r"console\.log\((.*)\);", r"console.log(JSON.stringify(\1));", code))
+    try:
+        run = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=300)
+    finally:
+        script.unlink()
+    assert run.returncode == 0, run.stderr[-2000:]
+    return code, np.array(json.loads(run.stdout.strip().splitlines()[-1]), dtype=np.float64)
+
+
+def test_card_transformers_js_snippets(validated_embedding, validated_reranker, tmp_path):
+    """transformers.js (dtype q8 = the published onnx/model_quantized.onnx where there is one) gives qconv's
+    embeddings, and P(yes) from the exact reranker text."""
+    from qconv import Embedder, Reranker
+
+    code, got = _run_js_snippet(validated_embedding, tmp_path / "embedding")
+    assert 'dtype: "q8"' in code
+    texts = json.loads("[" + re.search(r"const texts = \[(.*)\];", code).group(1) + "]")
+    art = Artifact(validated_embedding)
+    assert cosine_min(got, Embedder(art, variant=recommended_variant(art)).encode(texts)) >= 0.9999
+
+    code, got = _run_js_snippet(validated_reranker, tmp_path / "reranker")
+    query = json.loads(re.search(r"const query = (.*);", code).group(1))
+    documents = json.loads(re.search(r"const documents = (.*);", code).group(1))
+    rr = Artifact(validated_reranker)
+    assert np.abs(got[:, 0] - Reranker(rr, variant=recommended_variant(rr)).score(query, documents)).max() <= 1e-5
 
 
 def test_reranker_card(validated_reranker, tmp_path):
@@ -309,11 +369,20 @@ def test_publish_to_dir_writes_exactly_the_publishable_files(embedding, tmp_path
     assert code == 0, err
     copied = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert copied == expected_files(embedding)
-    assert copied == set(publishable_files(Artifact(embedding)))
+    assert copied == set(publishable_files(Artifact(embedding))) | {QUANTIZED_ALIAS}
     manifest = json.loads((out / "qconv.json").read_text())
     assert set(manifest["files"]) == copied - {"qconv.json"}
     for rel, digest in manifest["files"].items():
         assert sha256(out / rel) == digest
+    # transformers.js's q8 name: the recommended INT8 graph, one copy of the bytes (a hard link).
+    int8 = manifest["aliases"][QUANTIZED_ALIAS]
+    assert int8 == recommended_variant(Artifact(embedding)) and manifest["variants"][int8]["precision"] == "int8"
+    assert (out / QUANTIZED_ALIAS).samefile(out / manifest["variants"][int8]["file"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["transformers.js_config"] == {"dtype": "q8"}
+    assert {k: v for k, v in config.items() if k != "transformers.js_config"} == json.loads(
+        (embedding / "config.json").read_text()
+    )
     assert parse_card_metadata((out / "README.md").read_text())["library_name"] == "sentence-transformers"
     stage = Artifact(embedding).manifest["stages"][-1]
     assert stage["stage"] == "publish" and stage["target"] == "dir" and stage["files"] == len(copied)
@@ -398,7 +467,9 @@ def test_publish_to_hub_with_token_from_env(embedding, run_cli, fake_hub, monkey
     assert not upload["folder"].exists()  # the staged copy is gone
     art = Artifact(embedding)
     for rel, digest in upload["files"].items():
-        if rel not in ("qconv.json",):
+        if rel == QUANTIZED_ALIAS:
+            assert digest == art.manifest["files"][art.variants[recommended_variant(art)]["file"]]
+        elif rel not in ("qconv.json", "config.json"):  # config.json gains transformers.js_config
             assert art.manifest["files"][rel] == digest
     stage = art.manifest["stages"][-1]
     assert stage["stage"] == "publish" and stage["repo_id"] == "org/tiny" and stage["commit"] == "0123abcd"

@@ -18,6 +18,15 @@ def op_types(path):
     return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def fp32_matmuls(artifact) -> tuple[int, int]:
+    """(all MatMuls, activation MatMuls) of the exported graph: weight MatMuls are quantized, the others
+    (attention; in transformers 4.x also the rotary inv_freq x positions product) stay fp32."""
+    graph = onnx.load(str(artifact / "onnx" / "model.onnx"), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer if len(i.dims) == 2}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    return len(matmuls), sum(n.input[1] not in weights for n in matmuls)
+
+
 def initializer_types(path):
     model = onnx.load(str(path))
     return Counter(onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer), model
@@ -31,7 +40,7 @@ def test_int8_weight_matmuls_and_embedding_table(artifact_copy, caplog):
     path = artifact_copy / entry["file"]
     ops = op_types(path)
     assert ops["MatMulInteger"] == 14 and ops["DynamicQuantizeLinear"] > 0  # 2 layers x 7 weight MatMuls
-    assert ops["MatMul"] == 5  # activation x activation (attention) and pooling stay fp32
+    assert ops["MatMul"] == fp32_matmuls(artifact_copy)[1] >= 4  # activation x activation stay fp32
     types, model = initializer_types(path)
     table = next(i for i in model.graph.initializer if i.name.endswith("_int8") and i.dims[0] == 151669)
     assert onnx.TensorProto.DataType.Name(table.data_type) == "INT8"
@@ -62,7 +71,7 @@ def test_int8_without_embedding_table_and_per_tensor(artifact_copy):
 def test_q4_and_q4f16(artifact_copy):
     _, q4 = quantize(artifact_copy, "q4", options=QuantizeOptions(block_size=32))
     ops = op_types(artifact_copy / q4["file"])
-    assert ops["MatMulNBits"] == 14 and ops["MatMul"] == 5
+    assert ops["MatMulNBits"] == 14 and ops["MatMul"] == fp32_matmuls(artifact_copy)[1]
     _, q4f16 = quantize(artifact_copy, "q4f16")
     types, model = initializer_types(artifact_copy / q4f16["file"])
     assert op_types(artifact_copy / q4f16["file"])["MatMulNBits"] == 14
@@ -87,7 +96,8 @@ def test_exclude_keeps_matching_nodes_in_full_precision(artifact_copy):
     _, entry = quantize(artifact_copy, "int8", options=QuantizeOptions(preset="avx2", exclude=["model.layers.1.mlp.*"]))
     assert op_types(artifact_copy / entry["file"])["MatMulInteger"] == 11  # 3 MLP MatMuls of layer 1 stay fp32
     _, entry = quantize(artifact_copy, "fp16", options=QuantizeOptions(exclude=["model.layers.0.mlp.down_proj"]))
-    assert entry["details"]["fp16"]["fp16_nodes"] == 19 + 1 - 1  # 19 MatMuls + 1 Gather, minus the excluded one
+    matmuls = fp32_matmuls(artifact_copy)[0]  # 19 on transformers 4.57, 18 on 5.x (no rotary MatMul)
+    assert entry["details"]["fp16"]["fp16_nodes"] == matmuls + 1 - 1  # the MatMuls + 1 Gather, minus the excluded one
 
 
 def test_every_mode_on_a_reranker(seqcls_copy):

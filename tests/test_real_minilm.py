@@ -64,7 +64,7 @@ def test_reference_runner_agrees_with_sentence_transformers(minilm_dir):
     assert np.abs(ours - theirs).max() < 1e-5
 
 
-def test_artifact_in_sentence_transformers_onnx_backend(minilm_artifact, minilm_dir):
+def test_artifact_in_sentence_transformers_onnx_backend(minilm_artifact, minilm_dir, optimum_ort):
     from sentence_transformers import SentenceTransformer
 
     texts = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell."]

@@ -119,29 +119,74 @@ def test_truncated_pairs_still_match_the_reference(seqcls_artifact, tiny_qwen3_r
     assert np.abs(reranker.score_ids(sequences) - reference).max() <= 1e-5
 
 
-def test_loads_in_optimum_and_cross_encoder(seqcls_artifact):
-    from optimum.onnxruntime import ORTModelForSequenceClassification
+def test_shipped_chat_template_renders_the_exact_text(seqcls_artifact):
+    """chat_template.jinja keeps every character, the suffix's two trailing newlines included."""
+    from transformers import AutoTokenizer
+
+    settings = Artifact(seqcls_artifact).manifest["reranker"]
+    assert settings["chat_template"] == "chat_template.jinja" and (seqcls_artifact / "chat_template.jinja").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(seqcls_artifact)
+    assert tokenizer.model_max_length == settings["max_length"] and tokenizer.padding_side == "left"
+    messages = [{"role": "query", "content": QUERY}, {"role": "document", "content": DOCS[0]}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert rendered == QWEN3_RERANKER_TEMPLATE.text(QUERY, DOCS[0], settings["instruction"])
+    assert rendered.endswith("</think>\n\n")
+    custom = tokenizer.apply_chat_template(messages, tokenize=False, instruction="Find the city")
+    assert custom == QWEN3_RERANKER_TEMPLATE.text(QUERY, DOCS[0], "Find the city")
+
+
+def test_cross_encoder_scores_like_qconv(seqcls_artifact, optimum_ort):
+    """Plain (query, document) pairs in CrossEncoder: the shipped template and max length do the rest."""
     from sentence_transformers import CrossEncoder
 
     reranker = Reranker(seqcls_artifact)
-    pairs = [
-        (
-            QWEN3_RERANKER_TEMPLATE.prefix + f"<Instruct>: x\n<Query>: {QUERY}\n",
-            f"<Document>: {d}" + QWEN3_RERANKER_TEMPLATE.suffix,
-        )
-        for d in DOCS[:3]
-    ]
+    cross = CrossEncoder(str(seqcls_artifact), backend="onnx", device="cpu")
+    assert cross.max_seq_length == reranker.settings["max_length"]
+    got = np.asarray(cross.predict([(QUERY, d) for d in DOCS]), dtype=np.float64)
+    assert np.abs(got - reranker.score(QUERY, DOCS)).max() <= 1e-5
+
+
+def test_cross_encoder_truncation_keeps_the_suffix(seqcls_artifact, optimum_ort):
+    """Over the max length, sentence-transformers writes the template suffix back over the cut pair, which
+    is qconv's truncation (document cut from its end, suffix whole); without that restore it scores another
+    position. 128 tokens stands in for the artifact's 8192 to keep the test small."""
+    from sentence_transformers import CrossEncoder
+
+    reranker = Reranker(seqcls_artifact)
+    reranker.encoder = PairEncoder(reranker.encoder.tokenizer, reranker.encoder.template, 128)
+    docs = ["Beijing is the capital. " * 200, "Paris. " * 500, DOCS[0]]
+    assert [len(reranker.encoder.encode(QUERY, d)) for d in docs[:2]] == [128, 128]
+    ours = reranker.score(QUERY, docs)
+    cross = CrossEncoder(str(seqcls_artifact), backend="onnx", device="cpu", max_length=128)
+    pairs = [(QUERY, d) for d in docs]
+    assert np.abs(np.asarray(cross.predict(pairs), dtype=np.float64) - ours).max() <= 1e-5
+    cut = cross.predict(pairs, processing_kwargs={"chat_template": {"restore_suffix": False}})
+    assert np.abs(np.asarray(cut, dtype=np.float64) - ours)[:2].max() > 1e-4
+
+
+def test_cross_encoder_torch_backend_scores_like_qconv(seqcls_artifact):
+    """The converted PyTorch checkpoint in CrossEncoder's default backend (no optimum needed) reads the same
+    chat template."""
+    from sentence_transformers import CrossEncoder
+
+    cross = CrossEncoder(str(seqcls_artifact), device="cpu")
+    got = np.asarray(cross.predict([(QUERY, d) for d in DOCS]), dtype=np.float64)
+    assert np.abs(got - Reranker(seqcls_artifact).score(QUERY, DOCS)).max() <= 1e-5
+
+
+def test_loads_in_optimum(seqcls_artifact, optimum_ort):
+    ORTModelForSequenceClassification = optimum_ort.ORTModelForSequenceClassification
+
+    reranker = Reranker(seqcls_artifact)
+    texts = [QWEN3_RERANKER_TEMPLATE.text(QUERY, d) for d in DOCS[:3]]
     tok = reranker.encoder.tokenizer
-    ours = reranker.score_ids([tok.encode(q, d, add_special_tokens=True).ids for q, d in pairs])
-    cross = CrossEncoder(str(seqcls_artifact), backend="onnx", device="cpu").predict(pairs)
-    assert np.abs(np.asarray(cross, dtype=np.float64) - ours).max() <= 1e-5
     ort = ORTModelForSequenceClassification.from_pretrained(
         str(seqcls_artifact), subfolder="onnx", file_name="model.onnx"
     )
-    ids, mask = pad_batch([tok.encode(q, d).ids for q, d in pairs], 151643, "left")
+    ids, mask = pad_batch([tok.encode(t).ids for t in texts], 151643, "left")
     logits = ort(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
     assert logits.shape == (3, 1)
-    assert np.abs(1 / (1 + np.exp(-logits[:, 0].astype(np.float64))) - ours).max() <= 1e-5
+    assert np.abs(1 / (1 + np.exp(-logits[:, 0].astype(np.float64))) - reranker.score(QUERY, DOCS[:3])).max() <= 1e-5
 
 
 def test_validate_msmarco_bundled_slice(seqcls_copy, run_cli):
