@@ -302,14 +302,20 @@ def testmodel() -> None:
 @click.option("--kind", default="embedding", show_default=True, help="embedding | reranker.")
 @click.option("--layers", type=int, help="Fewer decoder layers, for quick runs.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def testmodel_create(out, shape_name, kind, layers, seed) -> None:
+@click.option(
+    "--outliers",
+    is_flag=True,
+    help="Plant trained Qwen3's activation outliers (massive activations, outlier channels).",
+)
+def testmodel_create(out, shape_name, kind, layers, seed, outliers) -> None:
     """Write a random-weight Qwen3 checkpoint with the real Qwen vocabulary (no download)."""
     from qconv.console import console
-    from qconv.testmodels import RANDOM_WEIGHTS_NOTE, create_test_model
+    from qconv.testmodels import OUTLIERS_NOTE, RANDOM_WEIGHTS_NOTE, create_test_model
 
     with console.status(f"creating {shape_name} {kind} ({RANDOM_WEIGHTS_NOTE})"):
-        path = create_test_model(out, shape_name, kind, layers=layers, seed=seed)
-    console.print(f"[green]created[/] {path} — {shape_name} {kind}, [bold yellow]{RANDOM_WEIGHTS_NOTE}[/]")
+        path = create_test_model(out, shape_name, kind, layers=layers, seed=seed, outliers=outliers)
+    note = f"{RANDOM_WEIGHTS_NOTE}; {OUTLIERS_NOTE}" if outliers else RANDOM_WEIGHTS_NOTE
+    console.print(f"[green]created[/] {path} — {shape_name} {kind}, [bold yellow]{note}[/]")
 
 
 def _validate(art, dataset: str, **options) -> dict:
