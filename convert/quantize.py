@@ -483,7 +483,7 @@ def quantize(
             if spec.name in RECOVERY_MODES:
                 from .recovery import batch_coupling
 
-                info["batch_coupling"] = batch_coupling(art, staged)
+                info["batch_coupling"] = batch_coupling(art, staged, src)
         # Registered provisionally so the runtime can open it; removed again if the check fails.
         check = check_staged(
             art, variant, staged, spec.precision, lambda name: check_variant(art, name, source_variant)
@@ -688,7 +688,7 @@ def _recover(art, model, src, options, excluded, work, calib, external):
         folder.mkdir()
         result, info = _build(spec, model, src, rung_options, excluded, folder, calib, external)
         metrics = calib.evaluate(result, folder, "rung", external)
-        coupling = batch_coupling(art, metrics["path"]) if rung.mode == "int8" else None
+        coupling = batch_coupling(art, metrics["path"], src)
         log(f"rung {rung.name}: {describe(metrics)}")
         tried.append({"rung": rung.name, "mode": rung.mode, **public(metrics), "batch_coupling": coupling})
         if metrics["meets_target"]:

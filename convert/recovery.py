@@ -183,7 +183,7 @@ def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
     return np.clip(np.round(w / scale), -127, 127) * scale
 
 
-def batch_coupling(art, path: Path) -> dict:
+def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
     """How much a variant's output for a text depends on its batch: the same texts alone vs in one mixed
     batch, and that batch padded left vs right (worst over the texts). Per-tensor dynamic activation
     quantization couples them: one outlier token sets the step for every row of the batch."""
@@ -216,12 +216,19 @@ def batch_coupling(art, path: Path) -> dict:
         return float(np.abs(a - b).max())
 
     measure = "1 - cosine (worst text)" if alone.shape[1] > 1 else "max |logit difference|"
-    return {
+    result = {
         "texts": len(sequences),
         "measure": measure,
         "alone_vs_batch": max(gap(alone, sides[art.manifest[art.task]["padding_side"]]), 0.0),
         "left_vs_right": max(gap(sides["left"], sides["right"]), 0.0),
     }
+    if source is not None:
+        # The fp32 source's own figures: a model with absolute positions (BERT) is not left/right invariant
+        # even unquantized, and that is not coupling.
+        reference = batch_coupling(art, source)
+        result["source_alone_vs_batch"] = reference["alone_vs_batch"]
+        result["source_left_vs_right"] = reference["left_vs_right"]
+    return result
 
 
 def _pad_id(art) -> int:

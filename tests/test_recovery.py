@@ -65,21 +65,20 @@ def test_calibration_texts_are_disjoint_from_validation_data():
     assert not any(c in s for c in calibration for s in seen if len(c) > 20)
 
 
-def test_smooth_auto_recovers_int8_on_the_outlier_model(outlier_copy):
+def test_smooth_recovers_int8_on_the_outlier_model(outlier_copy):
     plain, plain_entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni"))
-    variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni", smooth="auto"))
+    variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni", smooth="0.8"))
     assert variant == "qint8_avx512_vnni_sq"
     smooth = entry["details"]["smoothquant"]
-    assert [s["alpha"] for s in smooth["searched"]] == [0.5, 0.6, 0.7, 0.8, 0.9]
-    best = max(smooth["searched"], key=lambda s: s["cosine_min"])
-    assert smooth["alpha"] == best["alpha"] and smooth["scale_min"] > 0
+    assert smooth["alpha"] == 0.8 and smooth["chosen_by"] == "--smooth" and smooth["scale_min"] > 0
+    assert smooth["sites"] == 18 and "not smoothed" in smooth["o_proj"]
     assert plain_entry["check"]["cosine_min"] < 0.9 <= 0.98 <= entry["check"]["cosine_min"]
     assert entry["op_counts"]["MatMulInteger"] == plain_entry["op_counts"]["MatMulInteger"]  # no runtime cost
     assert entry["details"]["calibration"]["texts"].startswith("qconv built-in")
     coupling = entry["details"]["batch_coupling"]
     assert coupling["alone_vs_batch"] < plain_entry["details"]["batch_coupling"]["alone_vs_batch"]
     report = json.loads((outlier_copy / entry["report"]).read_text())
-    assert report["details"]["smoothquant"]["alpha"] == smooth["alpha"]
+    assert report["details"]["smoothquant"]["alpha"] == 0.8
     assert Artifact(outlier_copy).variants[variant]["report"] == entry["report"]
 
 
@@ -144,6 +143,10 @@ def test_recover_auto_stops_at_the_first_passing_rung(outlier_copy):
     assert chosen["meets_target"] and chosen["cosine_min"] >= 0.98 and chosen["cosine_mean"] >= 0.995
     assert all(c["latency_ms"] > 0 and c["batch_coupling"]["left_vs_right"] >= 0 for c in recovery["candidates"])
     assert entry["check"]["cosine_min"] >= 0.98  # on the built-in parity texts too (not used to choose)
+    smooth = entry["details"]["smoothquant"]
+    assert [s["alpha"] for s in smooth["searched"]] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    best = max(smooth["searched"], key=lambda s: (s["cosine_min"], s["cosine_mean"]))
+    assert smooth["alpha"] == best["alpha"] and smooth["chosen_by"].startswith("best calibration parity")
     report = json.loads((outlier_copy / entry["report"]).read_text())
     assert [c["rung"] for c in report["details"]["recovery"]["candidates"]] == tried
 
