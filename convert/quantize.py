@@ -675,9 +675,12 @@ def _recover(art, model, src, options, excluded, work, calib, external):
     from .recovery import LADDER, batch_coupling, describe, log, public
 
     tried = []
+    searched_alpha = None  # the alpha search runs once; later rungs reuse its choice
     for index, rung in enumerate(LADDER):
         spec = MODES[rung.mode]
         rung_options = rung.options(options)
+        if rung_options.smooth == "auto" and searched_alpha is not None:
+            rung_options.smooth = searched_alpha
         if rung.mode == "q8":
             try:
                 spec.validate_options(rung_options)
@@ -687,6 +690,8 @@ def _recover(art, model, src, options, excluded, work, calib, external):
         folder = work / f"rung{index}"
         folder.mkdir()
         result, info = _build(spec, model, src, rung_options, excluded, folder, calib, external)
+        if info.get("smoothquant", {}).get("searched"):
+            searched_alpha = info["smoothquant"]["alpha"]
         metrics = calib.evaluate(result, folder, "rung", external)
         coupling = batch_coupling(art, metrics["path"], src)
         log(f"rung {rung.name}: {describe(metrics)}")

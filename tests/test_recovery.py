@@ -201,3 +201,18 @@ def test_bad_recovery_input_is_one_line_and_writes_nothing(artifact_copy, run_cl
     assert code == 2 and "needs 8-bit MatMulNBits" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (artifact_copy / "onnx").iterdir()) == before
     assert (artifact_copy / "qconv.json").read_bytes() == manifest
+
+
+@pytest.mark.slow
+def test_real_weights_recovered_int8_on_sts12(minilm_artifact, tmp_path):
+    """all-MiniLM-L6-v2 (real weights): the recovered INT8 stays within 0.005 Spearman of PyTorch on STS12."""
+    import shutil
+
+    from qconv.validate.embedding import validate_embedding
+
+    art = tmp_path / "minilm"
+    shutil.copytree(minilm_artifact, art, ignore=shutil.ignore_patterns(".cache"))
+    variant, entry = quantize(art, "int8", options=QuantizeOptions(preset="avx512_vnni", recover="auto"))
+    result = validate_embedding(art, "sts12", variant=variant)
+    assert result["passed"] and abs(result["delta"]) <= 0.005
+    assert entry["details"]["recovery"]["candidates"][-1]["meets_target"]
