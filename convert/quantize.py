@@ -628,7 +628,7 @@ def _kept_by_pattern(model, keep: str, excluded: set[str]) -> tuple[set[str], li
 
 def _kept(spec, model, src, options, excluded, work, calib, external):
     """Weight MatMuls to keep fp32: named (patterns), the N most sensitive, or as many as the target needs."""
-    from .recovery import describe, log, public, sensitivity
+    from .recovery import describe, log, public, score, sensitivity
 
     candidates = _weight_matmuls(model, excluded)
     keep = options.keep
@@ -641,15 +641,18 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
     if keep.isdigit():
         count = min(int(keep), len(ranking))
     else:
-        count, limit = 0, max(1, len(ranking) // 4)
+        count, limit, best = 0, max(1, len(ranking) // 4), None
         for size in sorted({min(2**i, limit) for i in range(0, 12)}):
             top = {r["node"] for r in ranking[:size]}
             metrics = _candidate(spec, model, src, options, excluded | top, work, f"keep{size}", calib, external)
             log(f"keep {size} most sensitive MatMul(s) fp32: {describe(metrics)}")
             steps.append({"kept": size, **public(metrics)})
-            count = size
             if metrics["meets_target"]:
+                count = size
                 break
+            if best is None or score(metrics) > score(best[1]):
+                best = (size, metrics)  # none meets the target: the best step tried
+            count = best[0]
     kept_rows = [
         {
             "node": r["node"],
