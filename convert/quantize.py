@@ -88,6 +88,10 @@ class QuantizeOptions:
     accuracy_level: int | None = None  # q4/q4f16: MatMulNBits compute precision (None: the kernel's default)
     quantize_embeddings: bool | None = None  # None: the mode's default
     exclude: list[str] = field(default_factory=list)  # fnmatch patterns over node names, kept full precision
+    smooth: float | str | None = None  # int8/q8: SmoothQuant alpha in (0, 1], or "auto" (search over 0.5-0.9)
+    calibration: str | None = None  # calibration texts file (default: qconv's built-in multilingual pairs)
+    keep: str | None = None  # auto | N | patterns (comma-separated): weight MatMuls kept fp32 by sensitivity
+    recover: str | None = None  # "auto": the recovery ladder, fastest rung that meets the calibration target
 
 
 class QuantizationMode:
@@ -122,7 +126,13 @@ class Int8Dynamic(QuantizationMode):
     embeddings_by_default = True
 
     def variant(self, options):
-        return f"qint8_{options.preset}"
+        if options.recover:
+            return f"qint8_{options.preset}_recovered"
+        return (
+            f"qint8_{options.preset}"
+            + ("_sq" if options.smooth is not None else "")
+            + ("_keep" if options.keep else "")
+        )
 
     def validate_options(self, options):
         if options.preset not in INT8_PRESETS:
@@ -226,6 +236,79 @@ class Q4F16(_BlockwiseQ4):
         return quantized, info
 
 
+def _q8_kernels_missing() -> str | None:
+    """Why the installed onnxruntime cannot run 8-bit MatMulNBits on CPU (None: it can)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        weight = numpy_helper.from_array(np.linspace(-1, 1, 64 * 8, dtype=np.float32).reshape(64, 8), "W")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["X", "W"], ["Y"], name="probe")],
+            "q8_probe",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 64])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 8])],
+            [weight],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+        quantizer.process()
+        probe = quantizer.model.model
+        if not any(n.op_type == "MatMulNBits" for n in probe.graph.node):
+            return "its MatMulNBitsQuantizer does not write 8-bit MatMulNBits"
+        session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        session.run(None, {"X": np.ones((1, 64), np.float32)})
+    except Exception as exc:
+        return one_line(exc, 160)
+    return None
+
+
+@register
+class Q8(QuantizationMode):
+    name = "q8"
+    precision = "q8"
+    converter = "onnxruntime MatMulNBitsQuantizer (8-bit blocks, weight-only)"
+    default_accuracy_level = 4  # int8 compute with activations quantized per row per block
+
+    def variant(self, options):
+        return f"q8_acc{options.accuracy_level}"
+
+    def validate_options(self, options):
+        import onnxruntime as ort
+
+        if options.accuracy_level is None:
+            options.accuracy_level = self.default_accuracy_level
+        if options.accuracy_level not in (1, 4):
+            raise QconvError(f"--accuracy-level {options.accuracy_level} is not supported for q8 (4 or 1)")
+        if options.block_size not in (16, 32, 64, 128, 256):
+            raise QconvError(f"--block-size {options.block_size} is not supported (16, 32, 64, 128 or 256)")
+        missing = _q8_kernels_missing()
+        if missing:
+            raise QconvError(f"--mode q8 needs 8-bit MatMulNBits; onnxruntime {ort.__version__} lacks it: {missing}")
+
+    def run(self, model, src, options, excluded, work):
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=8,
+            block_size=options.block_size,
+            is_symmetric=True,
+            accuracy_level=options.accuracy_level,
+            nodes_to_exclude=sorted(excluded),
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer.process()
+        quantized = quantizer.model.model
+        info = {"bits": 8, "block_size": options.block_size, "accuracy_level": options.accuracy_level}
+        if options.quantize_embeddings:
+            info["embedding_tables"] = quantize_embedding_gathers(quantized)
+        return quantized, info
+
+
 @register
 class Fp16(QuantizationMode):
     name = "fp16"
@@ -317,6 +400,47 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
     return result
 
 
+RECOVERY_MODES = ("int8", "q8")  # modes that --smooth / --recover apply to
+
+
+def _check_recovery_options(mode: str, options: QuantizeOptions) -> None:
+    """--smooth, --keep, --recover and --calibration, checked before any work."""
+    from .calibration import load_calibration
+
+    if options.smooth is not None:
+        if mode not in RECOVERY_MODES:
+            raise QconvError(f"--smooth applies to --mode {' or '.join(RECOVERY_MODES)}, not {mode}")
+        if options.smooth != "auto":
+            try:
+                alpha = float(options.smooth)
+            except (TypeError, ValueError):
+                raise QconvError(f"--smooth must be a number in (0, 1] or 'auto', got '{options.smooth}'") from None
+            if not 0.0 < alpha <= 1.0:
+                raise QconvError(f"--smooth must be in (0, 1] or 'auto', got {options.smooth}")
+            options.smooth = alpha
+    if options.keep is not None:
+        keep = str(options.keep).strip()
+        if not keep:
+            raise QconvError("--keep needs auto, a number of MatMuls or node/module patterns")
+        if keep.isdigit() and int(keep) < 1:
+            raise QconvError("--keep N needs N >= 1")
+        options.keep = keep
+    if options.recover is not None:
+        if options.recover != "auto":
+            raise QconvError(f"--recover takes 'auto', got '{options.recover}'")
+        if mode != "int8":
+            raise QconvError(f"--recover auto starts from --mode int8, not {mode}")
+        if options.smooth is not None or options.keep is not None:
+            raise QconvError("--recover auto chooses --smooth and --keep itself; pass one or the other")
+    if options.calibration is not None or _needs_calibration(options):
+        load_calibration(options.calibration)
+
+
+def _needs_calibration(options: QuantizeOptions) -> bool:
+    keep = options.keep
+    return bool(options.smooth is not None or options.recover or (keep and (keep == "auto" or keep.isdigit())))
+
+
 def quantized_variant(mode: str, source_variant: str, options: QuantizeOptions) -> str:
     """The variant name ``quantize`` will write; fills in the option defaults that depend on the mode."""
     if mode not in MODES:
@@ -327,6 +451,7 @@ def quantized_variant(mode: str, source_variant: str, options: QuantizeOptions) 
     if options.quantize_embeddings is None:
         options.quantize_embeddings = spec.embeddings_by_default
     spec.validate_options(options)
+    _check_recovery_options(mode, options)
     name = spec.variant(options)
     return name if source_variant == "model" else f"{source_variant}_{name}"
 
@@ -358,15 +483,35 @@ def quantize(
             model = read_onnx(src)
             unique_node_names(model)
             excluded = _matching_nodes(model, options.exclude) if options.exclude else set()
+            if _keep_is_pattern(options.keep):
+                _kept_by_pattern(model, options.keep, excluded)  # a pattern that matches nothing: before any work
+            external = needs_external_data(src)
+            calib = None
+            if _needs_calibration(options):
+                from .calibration import calibration_source, load_calibration
+                from .recovery import CalibrationSet
+
+                calib = CalibrationSet.build(
+                    art, src, load_calibration(options.calibration), calibration_source(options.calibration)
+                )
             try:
-                result, info = spec.run(model, src, options, excluded, work)
+                if options.recover:
+                    result, info, spec = _recover(art, model, src, options, excluded, work, calib, external)
+                else:
+                    result, info = _build(spec, model, src, options, excluded, work, calib, external)
             except QconvError:
                 raise
             except Exception as exc:
                 raise QconvError(f"{mode} quantization of {source_variant} failed: {one_line(exc)}") from exc
+            if calib is not None:
+                info["calibration"] = {"texts": calib.source, "rows": sum(len(b["input_ids"]) for b in calib.batches)}
             unique_node_names(result)
             staged = work / target.name
-            save_model(result, staged, needs_external_data(src))
+            save_model(result, staged, external)
+            if spec.name in RECOVERY_MODES:
+                from .recovery import batch_coupling
+
+                info["batch_coupling"] = batch_coupling(art, staged, src)
         # Registered provisionally so the runtime can open it; removed again if the check fails.
         check = check_staged(
             art, variant, staged, spec.precision, lambda name: check_variant(art, name, source_variant)
@@ -390,17 +535,208 @@ def quantize(
         **facts,
         "check": check,
     }
-    art.variants[variant] = entry
-    art.add_stage(
-        {
-            "stage": "quantize",
-            "variant": variant,
-            "mode": mode,
-            "from": source_variant,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-    )
-    art.save()
+    with art.staged_outputs() as stage:  # the quantize report (if any) and the manifest in one step
+        if "calibration" in info:
+            entry["report"] = _write_report(stage, variant, entry)
+        art.variants[variant] = entry
+        art.add_stage(
+            {
+                "stage": "quantize",
+                "variant": variant,
+                "mode": mode,
+                "from": source_variant,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
     shown = ", ".join(f"{k}={v:.6g}" for k, v in check.items() if isinstance(v, float))
     console.print(f"[green]quantized[/] {source_variant} -> {variant_file(variant)} ({size / 1e6:.1f} MB; {shown})")
     return variant, entry
+
+
+def _write_report(stage: Path, variant: str, entry: dict) -> str:
+    """reports/quantize-<variant>.json: smoothing, kept MatMuls and why, every ladder candidate, coupling."""
+    import json
+
+    path = stage / f"quantize-{variant}.json"
+    path.write_text(json.dumps({"variant": variant, **entry}, indent=2, default=str), encoding="utf-8")
+    return f"reports/{path.name}"
+
+
+def _weight_matmuls(model, excluded: set[str]) -> list[str]:
+    inits = {i.name: len(i.dims) for i in model.graph.initializer}
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and len(n.input) > 1 and inits.get(n.input[1]) == 2 and n.name not in excluded
+    ]
+
+
+def _build(spec, model, src, options, excluded, work, calib, external):
+    """One quantized graph: optional SmoothQuant fold, optional kept MatMuls, then the mode's pass."""
+    extra = {}
+    if options.smooth is not None:
+        model, extra["smoothquant"] = _smoothed(spec, model, src, options, excluded, work, calib, external)
+    if options.keep:
+        kept, extra["kept"] = _kept(spec, model, src, options, excluded, work, calib, external)
+        excluded = excluded | kept
+    result, info = spec.run(model, src, options, excluded, work)
+    info.update(extra)
+    return result, info
+
+
+def _candidate(spec, model, src, options, excluded, work: Path, name: str, calib, external) -> dict:
+    from dataclasses import replace
+
+    folder = work / name
+    folder.mkdir()
+    plain = replace(options, smooth=None, keep=None, recover=None)
+    result, _ = spec.run(model, src, plain, excluded, folder)
+    return calib.evaluate(result, folder, "candidate", external)
+
+
+def _smoothed(spec, model, src, options, excluded, work, calib, external):
+    from . import smoothquant
+    from .recovery import SMOOTH_ALPHAS, describe, log, public, score
+
+    groups = smoothquant.find_groups(model)
+    if not groups:
+        return model, {"alpha": None, "sites": 0, "note": "no activation could be smoothed exactly"}
+    ranges = smoothquant.activation_ranges(model, groups, calib.batches, work)
+    searched = []
+    if options.smooth == "auto":
+        best = None
+        for alpha in SMOOTH_ALPHAS:
+            candidate, _ = smoothquant.smooth(model, groups, ranges, alpha)
+            metrics = _candidate(spec, candidate, src, options, excluded, work, f"alpha{alpha}", calib, external)
+            log(f"SmoothQuant alpha {alpha}: {describe(metrics)}")
+            searched.append({"alpha": alpha, **public(metrics)})
+            if best is None or score(metrics) > score(best[1]):
+                best = (alpha, metrics)
+            del candidate
+        alpha = best[0]
+    else:
+        alpha = float(options.smooth)
+    smoothed, summary = smoothquant.smooth(model, groups, ranges, alpha)
+    info = {
+        "alpha": alpha,
+        "chosen_by": "best calibration parity over 0.5-0.9" if searched else "--smooth",
+        "searched": searched,
+        "sites": len(summary),
+        "by_site": {site: sum(1 for s in summary if s["site"].split(" (")[0] == site) for site in _sites(summary)},
+        "scale_min": min(s["scale_min"] for s in summary),
+        "scale_max": max(s["scale_max"] for s in summary),
+        "o_proj": "not smoothed (GQA shares each value channel across a group of query heads)",
+    }
+    return smoothed, info
+
+
+def _sites(summary) -> list[str]:
+    return sorted({s["site"].split(" (")[0] for s in summary})
+
+
+def _keep_is_pattern(keep: str | None) -> bool:
+    return bool(keep) and keep != "auto" and not keep.isdigit()
+
+
+def _kept_by_pattern(model, keep: str, excluded: set[str]) -> tuple[set[str], list[dict]]:
+    """Weight MatMuls whose node name or module matches one of the comma-separated patterns."""
+    patterns = [p.strip() for p in keep.split(",") if p.strip()]
+    nodes = {n.name: n for n in model.graph.node}
+    kept = {
+        name
+        for name in _weight_matmuls(model, excluded)
+        for pattern in patterns
+        if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_scope(nodes[name]), pattern)
+    }
+    if not kept:
+        raise QconvError(
+            f"--keep '{keep}' matches no weight MatMul (node names or modules like 'model.layers.2.mlp.down_proj')"
+        )
+    return kept, [{"node": n, "module": module_scope(nodes[n]), "why": "named by --keep"} for n in sorted(kept)]
+
+
+def _kept(spec, model, src, options, excluded, work, calib, external):
+    """Weight MatMuls to keep fp32: named (patterns), the N most sensitive, or as many as the target needs."""
+    from .recovery import describe, log, public, score, sensitivity
+
+    candidates = _weight_matmuls(model, excluded)
+    keep = options.keep
+    if _keep_is_pattern(keep):
+        kept, rows = _kept_by_pattern(model, keep, excluded)
+        return kept, {"how": "patterns", "patterns": keep.split(","), "nodes": rows}
+    ranking = sensitivity(model, candidates, calib.batches, work, per_channel=options.per_channel)
+    nodes = {n.name: n for n in model.graph.node}
+    steps = []
+    if keep.isdigit():
+        count = min(int(keep), len(ranking))
+    else:
+        count, limit, best = 0, max(1, len(ranking) // 4), None
+        for size in sorted({min(2**i, limit) for i in range(0, 12)}):
+            top = {r["node"] for r in ranking[:size]}
+            metrics = _candidate(spec, model, src, options, excluded | top, work, f"keep{size}", calib, external)
+            log(f"keep {size} most sensitive MatMul(s) fp32: {describe(metrics)}")
+            steps.append({"kept": size, **public(metrics)})
+            if metrics["meets_target"]:
+                count = size
+                break
+            if best is None or score(metrics) > score(best[1]):
+                best = (size, metrics)  # none meets the target: the best step tried
+            count = best[0]
+    kept_rows = [
+        {
+            "node": r["node"],
+            "module": module_scope(nodes[r["node"]]),
+            "relative_error": r["relative_error"],
+            "why": f"sensitivity rank {i + 1} of {len(ranking)}",
+        }
+        for i, r in enumerate(ranking[:count])
+    ]
+    return {r["node"] for r in kept_rows}, {
+        "how": "auto" if keep == "auto" else f"{count} most sensitive",
+        "sensitivity": "relative output error of the MatMul alone under dynamic INT8, on calibration activations",
+        "nodes": kept_rows,
+        "steps": steps,
+        "most_sensitive": ranking[:10],
+    }
+
+
+def _recover(art, model, src, options, excluded, work, calib, external):
+    """--recover auto: the ladder from fastest to safest; the first rung that meets the target wins."""
+    from qconv.errors import GateFailed
+
+    from .recovery import LADDER, batch_coupling, describe, log, public
+
+    tried = []
+    searched_alpha = None  # the alpha search runs once; later rungs reuse its choice
+    for index, rung in enumerate(LADDER):
+        spec = MODES[rung.mode]
+        rung_options = rung.options(options)
+        if rung_options.smooth == "auto" and searched_alpha is not None:
+            rung_options.smooth = searched_alpha
+        if rung.mode == "q8":
+            try:
+                spec.validate_options(rung_options)
+            except QconvError as exc:
+                tried.append({"rung": rung.name, "skipped": str(exc)})
+                continue
+        folder = work / f"rung{index}"
+        folder.mkdir()
+        result, info = _build(spec, model, src, rung_options, excluded, folder, calib, external)
+        if info.get("smoothquant", {}).get("searched"):
+            searched_alpha = info["smoothquant"]["alpha"]
+        metrics = calib.evaluate(result, folder, "rung", external)
+        coupling = batch_coupling(art, metrics["path"], src)
+        log(f"rung {rung.name}: {describe(metrics)}")
+        tried.append({"rung": rung.name, "mode": rung.mode, **public(metrics), "batch_coupling": coupling})
+        if metrics["meets_target"]:
+            info["recovery"] = {
+                "chosen": rung.name,
+                "target": asdict(calib.target),
+                "candidates": tried,
+                "order": [r.name for r in LADDER],
+            }
+            info["mode"] = rung.mode
+            return result, info, spec
+        del result
+    summary = "; ".join(f"{t['rung']}: {describe(t) if 'skipped' not in t else t['skipped']}" for t in tried)
+    raise GateFailed(f"--recover auto: no rung meets the calibration target ({summary}); nothing was written")

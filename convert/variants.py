@@ -42,6 +42,9 @@ def save_model(model, path: Path, external: bool) -> None:
             location=external_data_name(path),
             size_threshold=1024,
         )
+        # onnx moved the weights out of the in-memory model; bring them back so callers can reuse it
+        # (the recovery ladder quantizes one source model several times).
+        onnx.load_external_data_for_model(model, str(path.parent))
     else:
         onnx.save_model(model, str(path))
 

@@ -35,6 +35,7 @@ TASK_TYPES = {"pairs": ("sentence-similarity", "Semantic Textual Similarity"), "
 TARGET_PROVIDERS = {
     "fp32": ("CPUExecutionProvider", "CUDAExecutionProvider"),
     "int8": ("CPUExecutionProvider",),
+    "q8": ("CPUExecutionProvider",),
     "q4": ("CPUExecutionProvider", "CUDAExecutionProvider"),
     "q4f16": ("CUDAExecutionProvider",),
     "fp16": ("CUDAExecutionProvider",),
@@ -232,7 +233,7 @@ def card_metadata(data: _CardData) -> dict[str, Any]:
         task_tags = ["reranker", "text-ranking"]
     tags = ["onnx", *([architecture] if architecture else []), *task_tags, "qconv"]
     tags += [p for p in precisions if p != "fp32"]
-    if any(p in ("int8", "q4", "q4f16") for p in precisions):
+    if any(p in ("int8", "q8", "q4", "q4f16") for p in precisions):
         tags.append("quantized")
     meta: dict[str, Any] = {"library_name": library, "pipeline_tag": pipeline}
     if data.base_model:
@@ -866,7 +867,7 @@ def _build_command(art: Artifact, variant: str, out: str) -> str:
         args.append("--per-tensor")
     if mode == "int8" and options.get("preset"):
         args.append(f"--preset {_q(options['preset'])}")
-    if mode in ("q4", "q4f16"):
+    if mode in ("q8", "q4", "q4f16"):
         if options.get("block_size", 32) != 32:
             args.append(f"--block-size {options['block_size']}")
         if options.get("accuracy_level") is not None:
@@ -875,6 +876,9 @@ def _build_command(art: Artifact, variant: str, out: str) -> str:
     if options.get("quantize_embeddings") is not None and options["quantize_embeddings"] != default_embeddings:
         args.append("--quantize-embeddings" if options["quantize_embeddings"] else "--no-quantize-embeddings")
     args += [f"--exclude {_q(p)}" for p in options.get("exclude") or []]
+    for flag in ("smooth", "keep", "recover", "calibration"):
+        if options.get(flag) is not None:
+            args.append(f"--{flag} {_q(str(options[flag]))}")
     return " ".join(args)
 
 

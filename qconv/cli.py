@@ -116,18 +116,24 @@ def export_reranker_cmd(
 
 @cli.command()
 @click.argument("artifact", required=False)
-@click.option("--mode", required=True, help="int8 | q4 | q4f16 | fp16.")
+@click.option("--mode", required=True, help="int8 | q8 | q4 | q4f16 | fp16.")
 @click.option("--from", "source_variant", default="model", show_default=True, help="Variant to quantize.")
 @click.option("--per-tensor", is_flag=True, help="int8: one scale per weight tensor instead of per channel.")
 @click.option("--preset", help="int8: avx512_vnni | avx2 | arm64 [default: detected from this CPU].")
-@click.option("--block-size", type=int, default=32, show_default=True, help="q4/q4f16: weights per scale.")
-@click.option("--accuracy-level", type=int, help="q4/q4f16: MatMulNBits accuracy level (0-4).")
+@click.option("--block-size", type=int, default=32, show_default=True, help="q8/q4/q4f16: weights per scale.")
+@click.option("--accuracy-level", type=int, help="q8: 4 (int8 compute, default) or 1 (fp32); q4/q4f16: 0-4.")
 @click.option(
     "--quantize-embeddings/--no-quantize-embeddings",
     default=None,
     help="Also store the embedding table as int8 [default: on for int8, off otherwise].",
 )
 @click.option("--exclude", multiple=True, help="Keep nodes whose name matches this pattern in full precision.")
+@click.option("--smooth", help="int8/q8: SmoothQuant alpha in (0, 1], or auto (searched over 0.5-0.9).")
+@click.option("--keep", help="auto | N | PATTERN[,PATTERN]: weight MatMuls kept fp32 (by sensitivity or by name).")
+@click.option("--recover", help="auto: try int8, +smooth, +keep, q8; keep the fastest that meets the target.")
+@click.option(
+    "--calibration", type=click.Path(dir_okay=False), help="Calibration texts, one per line [default: built-in]."
+)
 @click.option("--validate", "datasets", multiple=True, help="Validate the new variant on this dataset (repeatable).")
 @click.option("--limit", type=int, help="With --validate: evaluate only the first N pairs/queries.")
 @click.option(
@@ -144,6 +150,10 @@ def quantize(
     accuracy_level,
     quantize_embeddings,
     exclude,
+    smooth,
+    keep,
+    recover,
+    calibration,
     datasets,
     limit,
     bootstrap,
@@ -171,6 +181,10 @@ def quantize(
         accuracy_level=accuracy_level,
         quantize_embeddings=quantize_embeddings,
         exclude=list(exclude),
+        smooth=smooth,
+        keep=keep,
+        recover=recover,
+        calibration=calibration,
     )
     variant, _ = run_quantize(art, mode, source_variant=source_variant, options=options, overwrite=overwrite)
     failed = []
@@ -317,14 +331,20 @@ def testmodel() -> None:
 @click.option("--kind", default="embedding", show_default=True, help="embedding | reranker.")
 @click.option("--layers", type=int, help="Fewer decoder layers, for quick runs.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def testmodel_create(out, shape_name, kind, layers, seed) -> None:
+@click.option(
+    "--outliers",
+    is_flag=True,
+    help="Plant trained Qwen3's activation outliers (massive activations, outlier channels).",
+)
+def testmodel_create(out, shape_name, kind, layers, seed, outliers) -> None:
     """Write a random-weight Qwen3 checkpoint with the real Qwen vocabulary (no download)."""
     from qconv.console import console
-    from qconv.testmodels import RANDOM_WEIGHTS_NOTE, create_test_model
+    from qconv.testmodels import OUTLIERS_NOTE, RANDOM_WEIGHTS_NOTE, create_test_model
 
     with console.status(f"creating {shape_name} {kind} ({RANDOM_WEIGHTS_NOTE})"):
-        path = create_test_model(out, shape_name, kind, layers=layers, seed=seed)
-    console.print(f"[green]created[/] {path} — {shape_name} {kind}, [bold yellow]{RANDOM_WEIGHTS_NOTE}[/]")
+        path = create_test_model(out, shape_name, kind, layers=layers, seed=seed, outliers=outliers)
+    note = f"{RANDOM_WEIGHTS_NOTE}; {OUTLIERS_NOTE}" if outliers else RANDOM_WEIGHTS_NOTE
+    console.print(f"[green]created[/] {path} — {shape_name} {kind}, [bold yellow]{note}[/]")
 
 
 def _validate(art, dataset: str, **options) -> dict:

@@ -81,7 +81,7 @@ class OptimizeStage:
 
 @dataclass
 class QuantizeStage:
-    mode: Literal["int8", "q4", "q4f16", "fp16"]
+    mode: Literal["int8", "q8", "q4", "q4f16", "fp16"]
     source: str = field(default="model", metadata=_key("from"))
     per_channel: bool = True
     preset: Literal["avx512_vnni", "avx2", "arm64"] | None = None
@@ -89,6 +89,10 @@ class QuantizeStage:
     accuracy_level: int | None = field(default=None, metadata=_at_least(0, 4))
     quantize_embeddings: bool | None = None
     exclude: list[str] = field(default_factory=list)
+    smooth: str | None = None  # SmoothQuant alpha in (0, 1] or "auto"
+    keep: str | None = None  # auto | N | patterns: weight MatMuls kept fp32
+    recover: Literal["auto"] | None = None  # the accuracy-recovery ladder (int8)
+    calibration: str | None = None  # calibration texts file (default: qconv's built-in pairs)
 
 
 STAGES: dict[str, type] = {"optimize": OptimizeStage, "quantize": QuantizeStage}

@@ -12,6 +12,7 @@ from pathlib import Path
 from .qwen_vocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
 
 RANDOM_WEIGHTS_NOTE = "random weights: task metrics are meaningless, parity with PyTorch is real"
+OUTLIERS_NOTE = "planted Qwen3-like activation outliers (no real semantics)"
 
 
 def is_random_weight_model(source_path: str | Path | None) -> bool:
@@ -103,6 +104,7 @@ def create_qwen3_embedding(
     st_files: bool = True,
     append_eos: bool = True,
     padding_side: str = "left",
+    outliers: bool = False,
 ) -> Path:
     """Write a random Qwen3 embedding checkpoint like Qwen3-Embedding: Qwen3Model weights, a tokenizer
     that appends <|endoftext|> (also its pad token) and, optionally, sentence-transformers files."""
@@ -111,10 +113,11 @@ def create_qwen3_embedding(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_qwen3_tokenizer(out, append_eos=append_eos, padding_side=padding_side)
     torch.manual_seed(seed)
     model = Qwen3Model(_qwen3_config(shape, "Qwen3Model")).eval()
+    planted = _plant(model, out, seed) if outliers else None
     model.save_pretrained(out, safe_serialization=True)
-    write_qwen3_tokenizer(out, append_eos=append_eos, padding_side=padding_side)
     if st_files:
         files = {
             "modules.json": [
@@ -146,13 +149,11 @@ def create_qwen3_embedding(
         for rel, content in files.items():
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             (out / rel).write_text(json.dumps(content, indent=2), encoding="utf-8")
-    (out / "README.md").write_text(
-        f"# Random Qwen3 embedding test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n", encoding="utf-8"
-    )
+    _write_readme(out, "embedding", seed, planted)
     return out
 
 
-def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: int = 0) -> Path:
+def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: int = 0, outliers: bool = False) -> Path:
     """Write a random Qwen3ForCausalLM checkpoint shaped like Qwen3-Reranker (tied LM head, real vocabulary,
     left padding, no <|endoftext|> appended)."""
     import torch
@@ -160,13 +161,32 @@ def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: in
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    Qwen3ForCausalLM(_qwen3_config(shape, "Qwen3ForCausalLM")).eval().save_pretrained(out, safe_serialization=True)
     write_qwen3_tokenizer(out, append_eos=False, padding_side="left")
-    (out / "README.md").write_text(
-        f"# Random Qwen3 reranker test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n", encoding="utf-8"
-    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(_qwen3_config(shape, "Qwen3ForCausalLM")).eval()
+    planted = _plant(model.model, out, seed) if outliers else None
+    model.save_pretrained(out, safe_serialization=True)
+    _write_readme(out, "reranker", seed, planted)
     return out
+
+
+def _plant(base_model, out: Path, seed: int) -> dict:
+    from .testmodel_outliers import plant_outliers, trigger_token_ids
+
+    planted = plant_outliers(base_model, trigger_token_ids(out / "tokenizer.json"), seed=seed)
+    (out / "qconv_outliers.json").write_text(json.dumps(planted, indent=2), encoding="utf-8")
+    return planted
+
+
+def _write_readme(out: Path, kind: str, seed: int, planted: dict | None) -> None:
+    text = f"# Random Qwen3 {kind} test model\n\n{RANDOM_WEIGHTS_NOTE}. Seed {seed}.\n"
+    if planted:
+        text += (
+            f"\n{OUTLIERS_NOTE}: massive activations written by layer {planted['generator_layer']} into dims "
+            f"{planted['massive_dims']} on delimiter tokens, fixed-channel outliers in dims "
+            f"{planted['channel_dims']} (see qconv_outliers.json).\n"
+        )
+    (out / "README.md").write_text(text, encoding="utf-8")
 
 
 def parameter_count(shape: Qwen3Shape, kind: str) -> int:
@@ -180,8 +200,11 @@ def parameter_count(shape: Qwen3Shape, kind: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def create_test_model(out: str | Path, shape_name: str, kind: str, layers: int | None = None, seed: int = 0) -> Path:
-    """``qconv testmodel create``: a published Qwen3 shape with random weights and the real vocabulary."""
+def create_test_model(
+    out: str | Path, shape_name: str, kind: str, layers: int | None = None, seed: int = 0, outliers: bool = False
+) -> Path:
+    """``qconv testmodel create``: a published Qwen3 shape with random weights and the real vocabulary;
+    ``outliers`` plants trained Qwen3's activation outliers (see qconv/testmodel_outliers.py)."""
     from dataclasses import replace
 
     from .errors import QconvError
@@ -196,17 +219,20 @@ def create_test_model(out: str | Path, shape_name: str, kind: str, layers: int |
         if not 1 <= layers <= shape.num_hidden_layers:
             raise QconvError(f"--layers must be between 1 and {shape.num_hidden_layers} for {shape_name}")
         shape = replace(shape, num_hidden_layers=layers)
+    if outliers and shape.num_hidden_layers < 2:
+        raise QconvError("--outliers needs at least 2 layers (a generator layer and a last layer that removes it)")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise QconvError(f"{out} already exists and is not empty")
     create = create_qwen3_embedding if kind == "embedding" else create_qwen3_reranker
-    create(out, shape=shape, seed=seed)
+    create(out, shape=shape, seed=seed, outliers=outliers)
     note = {
         "shape": shape_name,
         "kind": kind,
         "layers": shape.num_hidden_layers,
         "seed": seed,
         "weights": RANDOM_WEIGHTS_NOTE,
+        "outliers": OUTLIERS_NOTE if outliers else None,
         "parameters": parameter_count(shape, kind),
     }
     (out / "qconv_testmodel.json").write_text(json.dumps(note, indent=2), encoding="utf-8")

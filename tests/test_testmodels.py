@@ -33,3 +33,83 @@ def test_create_shrunk_model(run_cli, tmp_path):
     assert "random weights" in note["weights"] and note["layers"] == 1
     code, _, err = run_cli("testmodel", "create", tmp_path / "x", "--shape", "qwen3-70b")
     assert code == 2 and "unknown shape 'qwen3-70b'" in err
+
+
+def _forward_stats(model_dir, texts):
+    """Residual stream after every decoder layer and every RMSNorm's output, through forward hooks."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    residual, normed = {}, []
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o, k=k: residual.__setitem__(k, o[0] if isinstance(o, tuple) else o))
+        for k, layer in enumerate(model.layers)
+    ]
+    for layer in model.layers:
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            hooks.append(norm.register_forward_hook(lambda m, i, o: normed.append(o)))
+    with torch.no_grad():
+        model(**batch)
+    for hook in hooks:
+        hook.remove()
+    return batch, residual, normed
+
+
+def test_outlier_model_has_the_published_activation_shape(outlier_qwen3):
+    """Massive activations from the generator layer on, on delimiter tokens; fixed outlier channels post-norm."""
+    import torch
+
+    planted = json.loads((outlier_qwen3 / "qconv_outliers.json").read_text())
+    texts = [
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: what is RMSNorm?",
+        "Hello, world. 如何提高借款额度？",
+        "no delimiter here at all",
+    ]
+    batch, residual, normed = _forward_stats(outlier_qwen3, texts)
+    mask = batch["attention_mask"].bool()
+    trigger = torch.isin(batch["input_ids"], torch.tensor(planted["trigger_token_ids"])) & mask
+    ordinary = mask & ~trigger
+    assert trigger.sum() >= 5
+    gen, layers = planted["generator_layer"], len(residual)
+    assert gen == 2
+    for k in range(layers):
+        values = residual[k][mask].abs()
+        peak_on_trigger = residual[k][trigger].abs().max(dim=-1).values
+        if gen <= k < layers - 1:
+            assert values.max() >= 1e4, k
+            assert (peak_on_trigger >= 1e3 * values.median()).all(), k  # every trigger token
+            assert residual[k][trigger][:, planted["massive_dims"]].abs().min() >= 1e3
+        elif k < gen:
+            assert values.max() < 100, k  # nothing massive before the generator layer
+    before_last = residual[layers - 2][trigger][:, planted["massive_dims"][0]].abs().mean()
+    assert residual[layers - 1][trigger][:, planted["massive_dims"][0]].abs().mean() < 0.5 * before_last
+    assert residual[layers - 1][ordinary].abs().max() < 1e3  # ordinary tokens never carry it
+    for out in normed:
+        values = out[mask].abs()
+        channel_peak = out[ordinary][:, planted["channel_dims"]].abs().max(dim=-1).values
+        assert (channel_peak >= 50 * values.median()).all()  # on every ordinary token, after every norm
+
+
+def test_outlier_model_fp16_holds_and_plain_int8_collapses(outlier_copy):
+    """Realistic, not adversarial: fp16 stays at cosine >= 0.999; today's plain INT8 fails (cos_min < 0.9)."""
+    from qconv.convert.quantize import QuantizeOptions, quantize
+
+    _, fp16 = quantize(outlier_copy, "fp16")
+    _, int8 = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni"))
+    assert fp16["check"]["cosine_min"] >= 0.999
+    assert int8["check"]["cosine_min"] < 0.9
+
+
+def test_create_outlier_model_cli(run_cli, tmp_path):
+    code, out, err = run_cli(
+        "testmodel", "create", tmp_path / "r", "--shape", "tiny", "--kind", "reranker", "--outliers"
+    )
+    assert code == 0, err
+    assert "outliers" in out
+    note = json.loads((tmp_path / "r" / "qconv_testmodel.json").read_text())
+    assert note["outliers"] and (tmp_path / "r" / "qconv_outliers.json").is_file()
+    code, _, err = run_cli("testmodel", "create", tmp_path / "x", "--shape", "tiny", "--layers", "1", "--outliers")
+    assert code == 2 and "at least 2 layers" in err and not (tmp_path / "x").exists()

@@ -1,0 +1,272 @@
+"""Accuracy recovery for quantized variants, judged on calibration texts (never the validation data).
+
+- ``CalibrationSet``: the fp32 source's outputs on qconv's calibration texts, and how a candidate compares.
+- SmoothQuant's alpha search (0.5-0.9), the per-MatMul sensitivity proxy behind ``--keep auto|N``, the
+  ladder behind ``--recover auto`` (fastest rung first, the first that meets the target wins), and the
+  batch-coupling measurement of per-tensor dynamic activation quantization.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qconv.console import console
+
+SMOOTH_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    """Parity with the fp32 source on the calibration texts that a recovered variant must meet."""
+
+    min_cosine: float = 0.98  # embeddings: every pooled vector
+    min_cosine_mean: float = 0.995
+    max_rel_score_diff: float = 0.02  # rerankers: |logit difference| / largest |logit|
+
+    def met(self, metrics: dict) -> bool:
+        if not metrics["finite"]:
+            return False
+        if metrics.get("cosine_min") is not None:
+            return metrics["cosine_min"] >= self.min_cosine and metrics["cosine_mean"] >= self.min_cosine_mean
+        return metrics["max_rel_score_diff"] <= self.max_rel_score_diff
+
+
+@dataclass
+class CalibrationSet:
+    batches: list[dict]
+    output: str
+    reference: list[np.ndarray] = field(default_factory=list)
+    source: str = ""
+    target: RecoveryTarget = field(default_factory=RecoveryTarget)
+
+    @classmethod
+    def build(cls, art, src: Path, pairs, source: str) -> CalibrationSet:
+        from .calibration import calibration_batches
+
+        output = "sentence_embedding" if art.task == "embedding" else "logits"
+        calib = cls(calibration_batches(art, pairs), output, source=source)
+        calib.reference = calib.outputs(src)
+        return calib
+
+    def outputs(self, path: Path, timings: list | None = None) -> list[np.ndarray]:
+        from qconv.runtime import open_session
+
+        session = open_session(path, ["CPUExecutionProvider"])
+        inputs = {i.name for i in session.get_inputs()}
+        feeds = [{k: v for k, v in b.items() if k in inputs} for b in self.batches]
+        session.run([self.output], feeds[0])  # warm-up, not timed
+        started = time.perf_counter()
+        outputs = [session.run([self.output], f)[0] for f in feeds]
+        if timings is not None:
+            timings.append(time.perf_counter() - started)
+        return outputs
+
+    def compare(self, outputs: list[np.ndarray]) -> dict:
+        from qconv.numerics import cosine_rows
+
+        got = np.concatenate([_pooled(o, b["attention_mask"]) for o, b in zip(outputs, self.batches)])
+        want = np.concatenate([_pooled(o, b["attention_mask"]) for o, b in zip(self.reference, self.batches)])
+        result = {"finite": bool(np.isfinite(got).all()), "rows": int(got.shape[0])}
+        if got.shape[1] > 1:
+            cos = cosine_rows(got.astype(np.float64), want.astype(np.float64))
+            result.update(cosine_min=float(cos.min()), cosine_mean=float(cos.mean()))
+        else:
+            diff = np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6)
+            result.update(max_rel_score_diff=float(diff))
+        return result
+
+    def evaluate(self, model, work: Path, name: str, external: bool) -> dict:
+        """Save a candidate graph, run it on the calibration batches: parity metrics and a rough latency."""
+        from .variants import save_model
+
+        path = work / f"{name}.onnx"
+        save_model(model, path, external)
+        timings: list[float] = []
+        outputs = self.outputs(path, timings)
+        metrics = self.compare(outputs)
+        # All calibration batches once after a warm-up: a rough CPU figure to order rungs, not a benchmark.
+        metrics["latency_ms"] = round(timings[0] * 1000, 1)
+        metrics["meets_target"] = self.target.met(metrics)
+        metrics["path"] = path
+        return metrics
+
+
+def _pooled(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    # Per-sequence outputs as they are; a causal LM's per-token logits at each row's last attended token.
+    if output.ndim == 3:
+        from qconv.rerank_template import last_token_index
+
+        return output[np.arange(output.shape[0]), last_token_index(mask)]
+    return output.reshape(output.shape[0], -1)
+
+
+def describe(metrics: dict) -> str:
+    if metrics.get("cosine_min") is not None:
+        return f"cos_min {metrics['cosine_min']:.4f} cos_mean {metrics['cosine_mean']:.4f}"
+    return f"rel score diff {metrics['max_rel_score_diff']:.4f}"
+
+
+def score(metrics: dict) -> tuple:
+    """Larger is better."""
+    if metrics.get("cosine_min") is not None:
+        return (metrics["finite"], metrics["cosine_min"], metrics["cosine_mean"])
+    return (metrics["finite"], -metrics["max_rel_score_diff"])
+
+
+def public(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "path"}
+
+
+def sensitivity(model, matmuls: list[str], batches, work: Path, per_channel: bool = True) -> list[dict]:
+    """Per-MatMul relative output error (mean over tokens) of dynamic INT8 (per-tensor uint8 activations,
+    int8 weights) on the calibration activations, most sensitive first. A local proxy for "the pooled
+    output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
+    (tests/test_quantize.py checks both put the same MatMuls on top of the outlier model)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from .smoothquant import _attended_rows
+    from .variants import save_model
+
+    nodes = {n.name: n for n in model.graph.node}
+    inits = {i.name: i for i in model.graph.initializer}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    names = sorted({nodes[m].input[0] for m in matmuls})
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    path = work / "sensitivity_probe.onnx"
+    save_model(probe, path, external=True)
+    del probe
+    from qconv.runtime import open_session
+
+    session = open_session(path, ["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    activations: dict[str, list] = {n: [] for n in names}
+    for feeds in batches:
+        for name, value in zip(names, session.run(names, {k: v for k, v in feeds.items() if k in inputs})):
+            # One batch is one per-tensor quantization step: keep the batch together.
+            activations[name].append(_attended_rows(value, feeds["attention_mask"]))
+    ranking = []
+    for name in matmuls:
+        node = nodes[name]
+        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        w_q = _fake_quant_weight(weight, per_channel)
+        errors = []
+        for x in activations[node.input[0]]:
+            exact = x @ weight
+            error = np.linalg.norm(_fake_quant_activation(x) @ w_q - exact, axis=1)
+            # Per token: one outlier row sets the step for the batch, and the ordinary rows pay for it.
+            errors.append(error / np.maximum(np.linalg.norm(exact, axis=1), 1e-12))
+        ranking.append({"node": name, "relative_error": float(np.concatenate(errors).mean())})
+    ranking.sort(key=lambda r: r["relative_error"], reverse=True)
+    return ranking
+
+
+def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
+    # DynamicQuantizeLinear: one uint8 scale and zero point for the whole tensor, range including 0.
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255.0 or 1.0
+    zero = np.clip(np.round(-low / scale), 0, 255)
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    peak = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()
+    scale = np.where(peak > 0, peak / 127.0, 1.0)
+    return np.clip(np.round(w / scale), -127, 127) * scale
+
+
+def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
+    """How much a variant's output for a text depends on its batch: the same texts alone vs in one mixed
+    batch, and that batch padded left vs right (worst over the texts). Per-tensor dynamic activation
+    quantization couples them: one outlier token sets the step for every row of the batch."""
+    from qconv.numerics import cosine_rows
+    from qconv.rerank_template import pad_batch
+    from qconv.runtime import open_session
+
+    from .calibration import CALIBRATION_PAIRS, calibration_batches
+
+    pairs = CALIBRATION_PAIRS[:6]
+    if art.task == "embedding":
+        pairs = [(query, "") for query, _ in pairs]  # one text each
+    singles = [calibration_batches(art, [p], batch_size=1)[0] for p in pairs]
+    sequences = [s["input_ids"][0][s["attention_mask"][0].astype(bool)] for s in singles]
+    pad_id = _pad_id(art)
+    output = "sentence_embedding" if art.task == "embedding" else "logits"
+    session = open_session(path, ["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+
+    def run(ids, mask):
+        feeds = {k: v for k, v in {"input_ids": ids, "attention_mask": mask}.items() if k in inputs}
+        return _pooled(session.run([output], feeds)[0], mask).astype(np.float64)
+
+    alone = np.concatenate([run(*pad_batch([seq], pad_id, "left")) for seq in sequences])
+    sides = {side: run(*pad_batch(sequences, pad_id, side)) for side in ("left", "right")}
+
+    def gap(a, b):
+        if a.shape[1] > 1:
+            return float(1.0 - cosine_rows(a, b).min())
+        return float(np.abs(a - b).max())
+
+    measure = "1 - cosine (worst text)" if alone.shape[1] > 1 else "max |logit difference|"
+    result = {
+        "texts": len(sequences),
+        "measure": measure,
+        "alone_vs_batch": max(gap(alone, sides[art.manifest[art.task]["padding_side"]]), 0.0),
+        "left_vs_right": max(gap(sides["left"], sides["right"]), 0.0),
+    }
+    if source is not None:
+        # The fp32 source's own figures: a model with absolute positions (BERT) is not left/right invariant
+        # even unquantized, and that is not coupling.
+        reference = batch_coupling(art, source)
+        result["source_alone_vs_batch"] = reference["alone_vs_batch"]
+        result["source_left_vs_right"] = reference["left_vs_right"]
+    return result
+
+
+def _pad_id(art) -> int:
+    if art.task == "reranker":
+        return int(art.manifest["reranker"]["pad_token_id"])
+    from qconv.runtime import load_fast_tokenizer
+
+    settings = art.manifest["embedding"]
+    tokenizer = load_fast_tokenizer(art.path, padding_side=settings["padding_side"], max_length=8)
+    return int(tokenizer.padding["pad_id"])
+
+
+@dataclass
+class Rung:
+    name: str
+    mode: str
+    changes: dict  # QuantizeOptions fields this rung sets
+
+    def options(self, base):
+        from dataclasses import replace
+
+        return replace(base, **self.changes, recover=None)
+
+
+# Fastest first: the int8 rungs all run MatMulInteger (smoothing costs nothing at run time; each kept
+# MatMul runs in fp32); 8-bit weight-only MatMulNBits is slower than MatMulInteger on AVX2 hosts.
+LADDER = (
+    Rung("int8", "int8", {"smooth": None, "keep": None}),
+    Rung("int8+smooth", "int8", {"smooth": "auto", "keep": None}),
+    Rung("int8+smooth+keep", "int8", {"smooth": "auto", "keep": "auto"}),
+    Rung("q8 accuracy level 4", "q8", {"smooth": None, "keep": None, "accuracy_level": 4}),
+    Rung("q8 accuracy level 1", "q8", {"smooth": None, "keep": None, "accuracy_level": 1}),
+)
+
+
+def as_dict(target: RecoveryTarget) -> dict:
+    return asdict(target)
+
+
+def log(message: str) -> None:
+    console.print(f"  [dim]{message}[/]")

@@ -1,0 +1,219 @@
+"""INT8 accuracy recovery on the outlier-realistic test model: SmoothQuant folding, q8, --keep, --recover."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from qconv.artifact import Artifact
+from qconv.convert.quantize import QuantizeOptions, quantize
+
+
+def _weight_matmuls(path):
+    model = onnx.load(str(path))
+    inits = {i.name for i in model.graph.initializer}
+    return {n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}, model
+
+
+@pytest.mark.parametrize("variant", ["model", "O2"])
+def test_smoothquant_fold_is_exact_on_plain_and_o2_graphs(outlier_copy, variant, tmp_path):
+    from qconv.convert import smoothquant
+    from qconv.convert.calibration import CALIBRATION_PAIRS
+    from qconv.convert.optimize import optimize
+    from qconv.convert.recovery import CalibrationSet
+    from qconv.convert.variants import save_model
+
+    if variant == "O2":
+        optimize(outlier_copy, "O2")
+    art = Artifact(outlier_copy)
+    src = art.variant_path(variant)
+    calib = CalibrationSet.build(art, src, CALIBRATION_PAIRS, "built-in")
+    model = onnx.load(str(src))
+    groups = smoothquant.find_groups(model)
+    # per layer: q/k/v after input_layernorm, gate/up after post_attention_layernorm, down_proj via up_proj
+    assert len(groups) == 3 * 6
+    assert sum(1 for g in groups if g.divide_columns) == 6
+    ranges = smoothquant.activation_ranges(model, groups, calib.batches, tmp_path)
+    smoothed, summary = smoothquant.smooth(model, groups, ranges, 0.8)
+    scales = [(s["scale_min"], s["scale_max"]) for s in summary]
+    assert np.isfinite(scales).all() and min(lo for lo, _ in scales) > 0
+    assert max(hi for _, hi in scales) > 10  # the planted outliers really moved into the weights
+    path = tmp_path / "smoothed.onnx"
+    save_model(smoothed, path, external=False)
+    for got, want in zip(calib.outputs(path), calib.reference):
+        assert np.abs(got - want).max() <= 1e-5
+
+
+def test_calibration_texts_are_disjoint_from_validation_data():
+    from importlib.resources import files
+
+    from qconv.convert.calibration import CALIBRATION_PAIRS
+
+    calibration = {t.strip().lower() for pair in CALIBRATION_PAIRS for t in pair}
+    seen = set()
+    data = files("qconv.validate") / "data"
+    for name in ("sts12_test_sample.jsonl", "bq_test_sample.jsonl", "msmarco_trecdl1920_rerank.jsonl"):
+        for line in (data / name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            texts = [row.get("sentence1"), row.get("sentence2"), row.get("query")]
+            for key in ("positive_passages", "negative_passages", "candidates", "passages"):
+                texts += [p.get("text") if isinstance(p, dict) else p for p in row.get(key) or []]
+            seen |= {t.strip().lower() for t in texts if isinstance(t, str)}
+    assert len(seen) > 1000
+    assert not calibration & seen
+    assert not any(c in s for c in calibration for s in seen if len(c) > 20)
+
+
+def test_smooth_recovers_int8_on_the_outlier_model(outlier_copy):
+    plain, plain_entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni"))
+    variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni", smooth="0.8"))
+    assert variant == "qint8_avx512_vnni_sq"
+    smooth = entry["details"]["smoothquant"]
+    assert smooth["alpha"] == 0.8 and smooth["chosen_by"] == "--smooth" and smooth["scale_min"] > 0
+    assert smooth["sites"] == 18 and "not smoothed" in smooth["o_proj"]
+    assert plain_entry["check"]["cosine_min"] < 0.9 <= 0.98 <= entry["check"]["cosine_min"]
+    assert entry["op_counts"]["MatMulInteger"] == plain_entry["op_counts"]["MatMulInteger"]  # no runtime cost
+    assert entry["details"]["calibration"]["texts"].startswith("qconv built-in")
+    coupling = entry["details"]["batch_coupling"]
+    assert coupling["alone_vs_batch"] < plain_entry["details"]["batch_coupling"]["alone_vs_batch"]
+    report = json.loads((outlier_copy / entry["report"]).read_text())
+    assert report["details"]["smoothquant"]["alpha"] == 0.8
+    assert Artifact(outlier_copy).variants[variant]["report"] == entry["report"]
+
+
+def test_keep_patterns_keep_exactly_the_named_matmuls_fp32(outlier_copy):
+    modules = "model.layers.2.mlp.down_proj,model.layers.5.mlp.up_proj"
+    _, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni", keep=modules))
+    fp32, model = _weight_matmuls(outlier_copy / entry["file"])
+    from qconv.convert.quantize import module_scope
+
+    nodes = {n.name: n for n in model.graph.node}
+    assert sorted(module_scope(nodes[n]) for n in fp32) == sorted(modules.split(","))
+    assert {r["node"] for r in entry["details"]["kept"]["nodes"]} == fp32
+    assert entry["op_counts"]["MatMulInteger"] == 6 * 7 - 2
+
+
+def test_keep_n_follows_the_sensitivity_ranking_and_the_proxy_ranks_like_the_exact_measure(outlier_copy, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from qconv.convert.calibration import CALIBRATION_PAIRS
+    from qconv.convert.quantize import _weight_matmuls as weight_matmuls
+    from qconv.convert.recovery import CalibrationSet, sensitivity
+
+    _, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni", keep="3"))
+    kept = entry["details"]["kept"]
+    assert [r["node"] for r in kept["nodes"]] == [r["node"] for r in kept["most_sensitive"][:3]]
+    assert _weight_matmuls(outlier_copy / entry["file"])[0] == {r["node"] for r in kept["nodes"]}
+
+    # The proxy against the exact measure (pooled output with only that MatMul quantized): the proxy's top 3
+    # hurt more than its bottom 8.
+    art = Artifact(outlier_copy)
+    src = art.variant_path("model")
+    calib = CalibrationSet.build(art, src, CALIBRATION_PAIRS, "built-in")
+    model = onnx.load(str(src))
+    ranking = sensitivity(model, weight_matmuls(model, set()), calib.batches, tmp_path)
+
+    def exact(name):
+        out = tmp_path / f"{name}.onnx"
+        quantize_dynamic(
+            str(src),
+            str(out),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=[name],
+            op_types_to_quantize=["MatMul"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+        return 1 - calib.compare(calib.outputs(out))["cosine_mean"]
+
+    top = [exact(r["node"]) for r in ranking[:3]]
+    bottom = [exact(r["node"]) for r in ranking[-8:]]
+    assert min(top) > max(bottom)
+
+
+def test_recover_auto_stops_at_the_first_passing_rung(outlier_copy):
+    variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset="avx512_vnni", recover="auto"))
+    assert variant == "qint8_avx512_vnni_recovered"
+    recovery = entry["details"]["recovery"]
+    tried = [c["rung"] for c in recovery["candidates"]]
+    assert tried == ["int8", "int8+smooth"] and recovery["chosen"] == "int8+smooth"
+    first, chosen = recovery["candidates"]
+    assert not first["meets_target"] and first["cosine_min"] < 0.9
+    assert chosen["meets_target"] and chosen["cosine_min"] >= 0.98 and chosen["cosine_mean"] >= 0.995
+    assert all(c["latency_ms"] > 0 and c["batch_coupling"]["left_vs_right"] >= 0 for c in recovery["candidates"])
+    assert entry["check"]["cosine_min"] >= 0.98  # on the built-in parity texts too (not used to choose)
+    smooth = entry["details"]["smoothquant"]
+    assert [s["alpha"] for s in smooth["searched"]] == [0.5, 0.6, 0.7, 0.8, 0.9]
+    best = max(smooth["searched"], key=lambda s: (s["cosine_min"], s["cosine_mean"]))
+    assert smooth["alpha"] == best["alpha"] and smooth["chosen_by"].startswith("best calibration parity")
+    report = json.loads((outlier_copy / entry["report"]).read_text())
+    assert [c["rung"] for c in report["details"]["recovery"]["candidates"]] == tried
+
+
+def test_recover_that_meets_nothing_writes_nothing(artifact_copy, monkeypatch):
+    from qconv.convert import recovery
+    from qconv.errors import GateFailed
+
+    before = sorted(p.name for p in (artifact_copy / "onnx").iterdir())
+    monkeypatch.setattr(recovery.RecoveryTarget, "met", lambda self, metrics: False)
+    monkeypatch.setattr(recovery, "LADDER", (recovery.LADDER[0], recovery.LADDER[-1]))  # int8, q8 level 1
+    with pytest.raises(GateFailed, match="no rung meets the calibration target"):
+        quantize(artifact_copy, "int8", options=QuantizeOptions(preset="avx2", recover="auto"))
+    assert sorted(p.name for p in (artifact_copy / "onnx").iterdir()) == before
+
+
+def test_q8_both_accuracy_levels(artifact_copy):
+    for level in (4, 1):
+        variant, entry = quantize(artifact_copy, "q8", options=QuantizeOptions(accuracy_level=level, block_size=32))
+        assert variant == f"q8_acc{level}" and entry["precision"] == "q8"
+        model = onnx.load(str(artifact_copy / entry["file"]), load_external_data=False)
+        nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+        assert len(nbits) == 14
+        attrs = {a.name: a.i for a in nbits[0].attribute}
+        assert attrs["bits"] == 8 and attrs["accuracy_level"] == level and attrs["block_size"] == 32
+        assert entry["check"]["finite"] and entry["check"]["cosine_min"] >= 0.99
+        assert "batch_coupling" in entry["details"]
+
+
+def test_bad_recovery_input_is_one_line_and_writes_nothing(artifact_copy, run_cli, monkeypatch, tmp_path):
+    from qconv.convert import quantize as quantize_module
+
+    before = sorted(p.name for p in (artifact_copy / "onnx").iterdir())
+    manifest = (artifact_copy / "qconv.json").read_bytes()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    cases = [
+        (["--mode", "int8", "--smooth", "0"], "--smooth must be in (0, 1]"),
+        (["--mode", "int8", "--smooth", "1.5"], "--smooth must be in (0, 1]"),
+        (["--mode", "int8", "--smooth", "strong"], "--smooth must be a number"),
+        (["--mode", "fp16", "--smooth", "0.8"], "--smooth applies to --mode int8 or q8"),
+        (["--mode", "int8", "--smooth", "auto", "--calibration", tmp_path / "nope.txt"], "does not exist"),
+        (["--mode", "int8", "--recover", "auto", "--calibration", empty], "has no texts"),
+        (["--mode", "int8", "--keep", "model.layers.9.*"], "matches no weight MatMul"),
+        (["--mode", "q4", "--recover", "auto"], "--recover auto starts from --mode int8"),
+        (["--mode", "q8", "--accuracy-level", "2"], "--accuracy-level 2 is not supported for q8"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli("quantize", artifact_copy, *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    monkeypatch.setattr(quantize_module, "_q8_kernels_missing", lambda: "no 8-bit MatMulNBits kernel")
+    code, _, err = run_cli("quantize", artifact_copy, "--mode", "q8")
+    assert code == 2 and "needs 8-bit MatMulNBits" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (artifact_copy / "onnx").iterdir()) == before
+    assert (artifact_copy / "qconv.json").read_bytes() == manifest
+
+
+@pytest.mark.slow
+def test_real_weights_recovered_int8_on_sts12(minilm_artifact, tmp_path):
+    """all-MiniLM-L6-v2 (real weights): the recovered INT8 stays within 0.005 Spearman of PyTorch on STS12."""
+    import shutil
+
+    from qconv.validate.embedding import validate_embedding
+
+    art = tmp_path / "minilm"
+    shutil.copytree(minilm_artifact, art, ignore=shutil.ignore_patterns(".cache"))
+    variant, entry = quantize(art, "int8", options=QuantizeOptions(preset="avx512_vnni", recover="auto"))
+    result = validate_embedding(art, "sts12", variant=variant)
+    assert result["passed"] and abs(result["delta"]) <= 0.005
+    assert entry["details"]["recovery"]["candidates"][-1]["meets_target"]
