@@ -193,21 +193,26 @@ class _BlockwiseQ4(QuantizationMode):
             return self._quantize_q4(MatMulNBitsQuantizer, model, options, excluded)
 
     def _quantize_q4(self, MatMulNBitsQuantizer, model, options, excluded):
-        quantizer = MatMulNBitsQuantizer(
-            model,
-            bits=4,
-            block_size=options.block_size,
-            is_symmetric=True,
-            accuracy_level=options.accuracy_level,
-            nodes_to_exclude=sorted(excluded),
-            op_types_to_quantize=("MatMul",),
-        )
-        quantizer.process()
-        return quantizer.model.model, {
+        return matmul_nbits(MatMulNBitsQuantizer, model, options, excluded, bits=4), {
             "block_size": options.block_size,
             "accuracy_level": options.accuracy_level,
             "symmetric": True,
         }
+
+
+def matmul_nbits(MatMulNBitsQuantizer, model, options, excluded, bits: int):
+    """Weight-only block quantization of every MatMul (symmetric, ``bits`` wide) by onnxruntime's quantizer."""
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=bits,
+        block_size=options.block_size,
+        is_symmetric=True,
+        accuracy_level=options.accuracy_level,
+        nodes_to_exclude=sorted(excluded),
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    return quantizer.model.model
 
 
 @register
@@ -292,17 +297,7 @@ class Q8(QuantizationMode):
     def run(self, model, src, options, excluded, work):
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        quantizer = MatMulNBitsQuantizer(
-            model,
-            bits=8,
-            block_size=options.block_size,
-            is_symmetric=True,
-            accuracy_level=options.accuracy_level,
-            nodes_to_exclude=sorted(excluded),
-            op_types_to_quantize=("MatMul",),
-        )
-        quantizer.process()
-        quantized = quantizer.model.model
+        quantized = matmul_nbits(MatMulNBitsQuantizer, model, options, excluded, bits=8)
         info = {"bits": 8, "block_size": options.block_size, "accuracy_level": options.accuracy_level}
         if options.quantize_embeddings:
             info["embedding_tables"] = quantize_embedding_gathers(quantized)

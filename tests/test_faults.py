@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_recipes import SMALL  # pytest puts tests/ on sys.path (rootdir-relative, no package)
 
 from qconv.artifact import MANIFEST, Artifact, tree_files
 
@@ -185,18 +186,7 @@ def test_publish_dry_run_writes_nothing(published_ready, tmp_path):
         assert snapshot(tmp_path) == before
 
 
-SMALL_RECIPE = """\
-name: small
-task: embedding
-model:
-  testmodel: {shape: tiny}
-stages:
-  - stage: quantize
-    mode: fp16
-validate:
-  - dataset: sts12
-    limit: 12
-"""
+SMALL_RECIPE = SMALL.replace("limit: 24", "limit: 12")  # the recipe tests' small recipe, fewer pairs
 
 
 @pytest.fixture
