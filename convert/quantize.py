@@ -20,8 +20,8 @@ from qconv.artifact import Artifact, variant_file
 from qconv.console import console
 from qconv.errors import QconvError, one_line
 
-from .onnx_graph import read_onnx
 from .graph_passes import convert_to_fp16, quantize_embedding_gathers, unique_node_names
+from .onnx_graph import read_onnx
 from .variants import check_staged, file_facts, install_staged, needs_external_data, save_model, staging_dir
 
 INT8_PRESETS = {

@@ -243,9 +243,7 @@ class _Reader:
             unknown = [p for p in value if p not in allowed]
             if unknown:
                 what = "available in this onnxruntime" if providers == "available" else "known to qconv"
-                raise self.error(
-                    node, f"{where}: provider(s) {', '.join(unknown)} not {what} ({', '.join(allowed)})"
-                )
+                raise self.error(node, f"{where}: provider(s) {', '.join(unknown)} not {what} ({', '.join(allowed)})")
 
     @staticmethod
     def _child(node, key: str):

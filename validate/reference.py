@@ -108,9 +108,7 @@ def reference_embeddings(
                 padding_side=settings["padding_side"],
                 max_length=settings["max_length"],
             )
-        return encoder.encode(
-            texts, prompt=prompt, batch_size=batch_size, batch_tokens=batch_tokens, progress=progress
-        )
+        return encoder.encode(texts, prompt=prompt, batch_size=batch_size, batch_tokens=batch_tokens, progress=progress)
 
     key_material = {
         "texts": texts_fingerprint(texts),
