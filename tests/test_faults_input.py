@@ -119,9 +119,7 @@ def test_long_texts_are_truncated_counted_and_match_pytorch(artifact_copy, tmp_p
     manifest = json.loads((artifact_copy / "qconv.json").read_text())
     manifest["embedding"]["max_length"] = 64
     (artifact_copy / "qconv.json").write_text(json.dumps(manifest))
-    rows = [
-        {"sentence1": "word " * (100 + 50 * i), "sentence2": f"short text {i}", "score": float(i)} for i in range(4)
-    ]
+    rows = [{"sentence1": "word " * (100 + 50 * i), "sentence2": f"short {i}", "score": float(i)} for i in range(4)]
     data = write_jsonl(tmp_path / "long.jsonl", rows)
     proc = qconv("validate", artifact_copy, "--dataset", "sts12", "--data-files", data, "--batch-tokens", "128")
     assert proc.returncode == 0, proc.stderr
