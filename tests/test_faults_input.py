@@ -315,6 +315,8 @@ def test_null_msmarco_passage_is_skipped_not_scored_as_none(seqcls_copy, tmp_pat
     assert "skipped 1 passage(s) without text" in " ".join(proc.stdout.split())
     report = json.loads((seqcls_copy / "reports" / "validate-model-msmarco.json").read_text())
     assert report["n_pairs"] == 2 and report["truncated_pairs"] == 0
+    # One query cannot be resampled: no interval, and the report says why (it used to crash in scipy).
+    assert report["delta_ci"] == {} and "fewer than 2 queries" in report["bootstrap"]["skipped"]
 
 
 # ---- 14: wording, and checks that need no model before the model is loaded

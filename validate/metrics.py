@@ -156,6 +156,9 @@ def _mean_delta(candidate, reference, axis=-1):
     return candidate.mean(axis=axis) - reference.mean(axis=axis)
 
 
+MIN_BOOTSTRAP_SAMPLES = 2  # one pair or query cannot be resampled into a distribution
+
+
 def paired_interval(statistic, samples: tuple, n_resamples: int, point: float) -> dict:
     """The percentile bootstrap interval of ``statistic`` over paired ``samples`` (scipy.stats.bootstrap)."""
     result = stats.bootstrap(
@@ -179,12 +182,16 @@ def sts_delta_intervals(candidate_scores, reference_scores, gold, n_resamples: i
     samples = tuple(
         np.round(np.asarray(v, dtype=np.float64), SCORE_DECIMALS) for v in (candidate_scores, reference_scores)
     ) + (np.asarray(gold, dtype=np.float64),)
+    if len(samples[0]) < MIN_BOOTSTRAP_SAMPLES:
+        return {}
     return {m: paired_interval(_correlation_delta(m), samples, n_resamples, point[m]) for m in point}
 
 
 def mean_delta_intervals(candidate: dict, reference: dict, n_resamples: int) -> dict:
     """Bootstrap intervals of per-query-mean deltas (MRR@10, NDCG@10, ...), resampling queries."""
     intervals = {}
+    if any(len(v) < MIN_BOOTSTRAP_SAMPLES for v in candidate.values()):
+        return intervals
     for metric in candidate:
         cand, ref = np.asarray(candidate[metric], dtype=np.float64), np.asarray(reference[metric], dtype=np.float64)
         intervals[metric] = paired_interval(_mean_delta, (cand, ref), n_resamples, cand.mean() - ref.mean())

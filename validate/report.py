@@ -86,7 +86,8 @@ def interval_sentences(report: dict) -> list[str]:
     """What the intervals say, in words: which contain 0, and that the gates do not read them."""
     intervals = report.get("delta_ci") or {}
     if not intervals:
-        return ["- bootstrap: off (`--bootstrap 0`): deltas without intervals"]
+        skipped = (report.get("bootstrap") or {}).get("skipped")
+        return [f"- bootstrap: {skipped or 'off (`--bootstrap 0`)'}: deltas without intervals"]
     boot = report["bootstrap"]
     zero = [m for m in report["metrics"] if intervals[m]["contains_zero"]]
     apart = [m for m in report["metrics"] if not intervals[m]["contains_zero"]]

@@ -140,7 +140,9 @@ def scored_results(
 
     The gates read the point estimate (``delta``); the interval (``delta_ci``) is for the reader."""
     bootstrap = {"n_resamples": n_resamples, "resampled": unit}
-    if n_resamples:
+    if n_resamples and not intervals:
+        bootstrap["skipped"] = f"fewer than {metrics.MIN_BOOTSTRAP_SAMPLES} {unit}: nothing to resample"
+    elif n_resamples:
         bootstrap.update(
             seed=metrics.BOOTSTRAP_SEED,
             confidence=metrics.BOOTSTRAP_CONFIDENCE,
