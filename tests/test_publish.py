@@ -296,7 +296,9 @@ def _run_js_snippet(artifact: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
 
     if not shutil.which("node") or not (JS_DIR / "node_modules" / "@huggingface" / "transformers").is_dir():
         pytest.skip("node or @huggingface/transformers is missing (npm ci --ignore-scripts --prefix tests/js)")
-    copy = Path(publish_to_dir(artifact, tmp_path / "published").destination)
+    # Publish a private copy: publishing records a stage, and the module's validated artifacts are shared.
+    source = copy_of(artifact, tmp_path / "source")
+    copy = Path(publish_to_dir(source, tmp_path / "published").destination)
     text = render_model_card(Artifact(copy)).replace(f"path/to/{copy.name}", str(copy))
     code = re.search(r"### transformers.js\n\n```js\n(.*?)```", text, re.S).group(1)
     prelude = (
