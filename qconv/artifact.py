@@ -341,11 +341,6 @@ class Artifact:
             self.require_intact(self.variant_files(variant), f"variant '{variant}'")
         return path
 
-    def reports_dir(self) -> Path:
-        path = self.path / REPORTS_DIR
-        path.mkdir(exist_ok=True)
-        return path
-
     def cache_dir(self, kind: str) -> Path:
         path = self.path / CACHE_DIR / kind
         path.mkdir(parents=True, exist_ok=True)
