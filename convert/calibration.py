@@ -65,10 +65,10 @@ def calibration_source(path: str | Path | None) -> str:
 
 def calibration_batches(art, pairs, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
     """ONNX feeds (input_ids, attention_mask) for the pairs, tokenized as the artifact's runtime does."""
-    from qconv.rerank_template import pad_batch
+    from qconv.runtime.template import pad_batch
 
     if art.task == "embedding":
-        from qconv.runtime import load_fast_tokenizer
+        from qconv.runtime.embedder import load_fast_tokenizer
 
         settings = art.manifest["embedding"]
         prompt = (settings.get("prompts") or {}).get("query", "")
@@ -80,7 +80,7 @@ def calibration_batches(art, pairs, batch_size: int = 8) -> list[dict[str, np.nd
         tokenizer.no_padding()
         sequences = [e.ids for e in tokenizer.encode_batch(texts)]
     else:
-        from qconv.reranking import Reranker
+        from qconv.runtime.reranker import Reranker
 
         reranker = Reranker(art)
         sequences = [reranker.encoder.encode(q, d) for q, d in pairs]

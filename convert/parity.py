@@ -77,7 +77,7 @@ def compare_embedding_parity(
     thresholds: ParityThresholds = ParityThresholds(),
     invariant_sides: tuple[str, ...] = ("right", "left"),
 ) -> dict:
-    from qconv.runtime import open_session
+    from qconv.runtime.embedder import open_session
 
     session = open_session(onnx_path, ["CPUExecutionProvider"])
     ref_rows, onnx_rows, hidden_diffs = [], [], []
@@ -147,7 +147,7 @@ def reranker_reference(module, sequences: list[list[int]], pad_id: int) -> list[
     """The PyTorch logits of every parity run (computed first, so the caller can free the model)."""
     import torch
 
-    from qconv.rerank_template import pad_batch
+    from qconv.runtime.template import pad_batch
 
     reference = []
     runs = [("left", sequences), ("right", sequences)] + [(f"single{i}", [s]) for i, s in enumerate(sequences)]
@@ -162,8 +162,8 @@ def reranker_reference(module, sequences: list[list[int]], pad_id: int) -> list[
 def compare_reranker_parity(
     reference: list[dict], fmt: str, onnx_path: Path, yes_id: int | None, no_id: int | None, tolerance: float = 1e-5
 ) -> dict:
-    from qconv.reranking import yes_probability
-    from qconv.runtime import open_session
+    from qconv.runtime.embedder import open_session
+    from qconv.runtime.reranker import yes_probability
 
     session = open_session(onnx_path, ["CPUExecutionProvider"])
     diffs, by_run = [], {}

@@ -365,7 +365,7 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
         return out, round(best * 1000, 2)
 
     if art.task == "embedding":
-        from qconv.runtime import Embedder
+        from qconv.runtime.embedder import Embedder
 
         new_model, old_model = Embedder(art, variant=variant), Embedder(art, variant=source_variant)
         new, new_ms = timed(lambda: new_model.encode(list(PARITY_TEXTS), batch_size=len(PARITY_TEXTS)))
@@ -379,7 +379,7 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
             "max_abs_diff": float(np.abs(new - old).max()),
         }
     else:
-        from qconv.reranking import Reranker
+        from qconv.runtime.reranker import Reranker
 
         new_model, old_model = Reranker(art, variant=variant), Reranker(art, variant=source_variant)
         seqs = [new_model.encoder.encode(q, d) for q, d in VERIFY_PAIRS]

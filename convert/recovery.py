@@ -53,7 +53,7 @@ class CalibrationSet:
         return calib
 
     def outputs(self, path: Path, timings: list | None = None) -> list[np.ndarray]:
-        from qconv.runtime import open_session
+        from qconv.runtime.embedder import open_session
 
         session = open_session(path, ["CPUExecutionProvider"])
         inputs = {i.name for i in session.get_inputs()}
@@ -98,7 +98,7 @@ class CalibrationSet:
 def _pooled(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # Per-sequence outputs as they are; a causal LM's per-token logits at each row's last attended token.
     if output.ndim == 3:
-        from qconv.rerank_template import last_token_index
+        from qconv.runtime.template import last_token_index
 
         return output[np.arange(output.shape[0]), last_token_index(mask)]
     return output.reshape(output.shape[0], -1)
@@ -144,7 +144,7 @@ def sensitivity(model, matmuls: list[str], batches, work: Path, per_channel: boo
     path = work / "sensitivity_probe.onnx"
     save_model(probe, path, external=True)
     del probe
-    from qconv.runtime import open_session
+    from qconv.runtime.embedder import open_session
 
     session = open_session(path, ["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
@@ -188,8 +188,8 @@ def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
     batch, and that batch padded left vs right (worst over the texts). Per-tensor dynamic activation
     quantization couples them: one outlier token sets the step for every row of the batch."""
     from qconv.numerics import cosine_rows
-    from qconv.rerank_template import pad_batch
-    from qconv.runtime import open_session
+    from qconv.runtime.embedder import open_session
+    from qconv.runtime.template import pad_batch
 
     from .calibration import CALIBRATION_PAIRS, calibration_batches
 
@@ -234,7 +234,7 @@ def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
 def _pad_id(art) -> int:
     if art.task == "reranker":
         return int(art.manifest["reranker"]["pad_token_id"])
-    from qconv.runtime import load_fast_tokenizer
+    from qconv.runtime.embedder import load_fast_tokenizer
 
     settings = art.manifest["embedding"]
     tokenizer = load_fast_tokenizer(art.path, padding_side=settings["padding_side"], max_length=8)

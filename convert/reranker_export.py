@@ -16,7 +16,7 @@ from qconv.artifact import (
 )
 from qconv.console import console
 from qconv.errors import QconvError
-from qconv.rerank_template import PairEncoder
+from qconv.runtime.template import PairEncoder
 
 from .export import DEFAULT_OPSET, ExportResult
 from .onnx_graph import check_opset, export_module, release_weights
@@ -143,7 +143,7 @@ def export_reranker(
         with console.status(f"exporting {source.name} ({fmt}) to ONNX (opset {opset})"):
             import torch
 
-            from qconv.rerank_template import pad_batch
+            from qconv.runtime.template import pad_batch
 
             ids, mask = pad_batch(sequences[:2], pad_id, "left")
             exported = export_module(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from qconv.errors import QconvError
-from qconv.rerank_template import PairEncoder, pad_batch
+from qconv.runtime.template import PairEncoder, pad_batch
 
 from .pooling import pool
 

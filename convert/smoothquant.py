@@ -126,7 +126,7 @@ def activation_ranges(model, groups: list[SmoothGroup], batches, work) -> dict[s
     """max |X| per channel of every group's activation over the calibration batches (one ORT session)."""
     import onnx
 
-    from qconv.runtime import open_session
+    from qconv.runtime.embedder import open_session
 
     from .variants import save_model
 

@@ -46,7 +46,7 @@ class SourceModel:
             "revision": self.revision,
             "content_sha256": self.content_sha256,
         }
-        from qconv.testmodels import RANDOM_WEIGHTS_NOTE, is_random_weight_model
+        from qconv.testing.testmodels import RANDOM_WEIGHTS_NOTE, is_random_weight_model
 
         if is_random_weight_model(self.path):
             manifest["weights"] = RANDOM_WEIGHTS_NOTE  # echoed by reports and the model card

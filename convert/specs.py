@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from qconv.errors import QconvError
-from qconv.rerank_template import QWEN3_RERANKER_TEMPLATE, RerankTemplate
+from qconv.runtime.template import QWEN3_RERANKER_TEMPLATE, RerankTemplate
 
 Pooling = Literal["lasttoken", "mean", "cls"]
 POOLING_MODES: tuple[str, ...] = ("lasttoken", "mean", "cls")

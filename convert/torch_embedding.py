@@ -108,8 +108,8 @@ class TorchEmbedder:
     ) -> np.ndarray:
         """Embeddings, truncated to ``max_length`` tokens, batched (like the ONNX runtime) by token length:
         at most ``batch_size`` texts and ``batch_tokens`` padded tokens per batch."""
-        from qconv.rerank_template import pad_batch
-        from qconv.runtime import DEFAULT_BATCH_TOKENS, token_batches
+        from qconv.runtime.embedder import DEFAULT_BATCH_TOKENS, token_batches
+        from qconv.runtime.template import pad_batch
 
         torch = _torch()
         inputs = [(prompt or "") + t for t in texts]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qconv.rerank_template import pad_batch
+from qconv.runtime.template import pad_batch
 
 DEFAULT_LENGTHS = (1, 5, 37, 128)
 
@@ -56,7 +56,7 @@ def _rows(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def compare_sessions(new_path: Path, old_path: Path, lengths=DEFAULT_LENGTHS, *, vocab: int, threads=None) -> dict:
     """Run both graphs on the same batches; cosine_min over vector rows, max relative diff over scalar rows."""
     from qconv.numerics import cosine_rows
-    from qconv.runtime import open_session
+    from qconv.runtime.embedder import open_session
 
     providers = ["CPUExecutionProvider"]
     new, old = open_session(new_path, providers, threads), open_session(old_path, providers, threads)

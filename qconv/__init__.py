@@ -13,11 +13,11 @@ __all__ = ["Embedder", "Reranker", "__version__"]
 def __getattr__(name: str):
     # Lazy: importing qconv must not pull onnxruntime (or torch) until something is used.
     if name == "Embedder":
-        from .runtime import Embedder
+        from qconv.runtime.embedder import Embedder
 
         return Embedder
     if name == "Reranker":
-        from .reranking import Reranker
+        from qconv.runtime.reranker import Reranker
 
         return Reranker
     raise AttributeError(name)

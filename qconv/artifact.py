@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .errors import QconvError
+from qconv.errors import QconvError
 
 MANIFEST = "qconv.json"
 MANIFEST_VERSION = 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import QconvError, one_line
+from qconv.errors import QconvError, one_line
 
 
 def _split_providers(value: str | None) -> list[str] | None:
@@ -256,7 +256,7 @@ def bench_cmd(
     import json
 
     from qconv.artifact import find_artifact
-    from qconv.bench import bench
+    from qconv.bench.runner import bench
     from qconv.console import console_on_stderr
 
     with console_on_stderr(as_json):
@@ -282,8 +282,8 @@ def bench_cmd(
 def card_cmd(artifact, repo_id, base_model) -> None:
     """Write the artifact's Hugging Face model card (README.md) from its manifest and reports."""
     from qconv.artifact import find_artifact
-    from qconv.card import write_model_card
     from qconv.console import console
+    from qconv.hub.card import write_model_card
 
     path = write_model_card(find_artifact(artifact), model_id=repo_id, base_model=base_model)
     console.print(f"[green]model card[/] {path}")
@@ -302,7 +302,7 @@ def card_cmd(artifact, repo_id, base_model) -> None:
 def publish_cmd(artifact, repo_id, to, revision, private, dry_run, force, archive, overwrite) -> None:
     """Upload an artifact to the Hugging Face Hub, or write a clean publishable copy (--to)."""
     from qconv.artifact import find_artifact
-    from qconv.publish import publish_to_dir, publish_to_hub
+    from qconv.hub.publish import publish_to_dir, publish_to_hub
 
     if bool(repo_id) == bool(to):
         raise QconvError("pass --repo-id ORG/NAME (upload to the Hub) or --to DIR (a local copy), not both")
@@ -339,7 +339,7 @@ def testmodel() -> None:
 def testmodel_create(out, shape_name, kind, layers, seed, outliers) -> None:
     """Write a random-weight Qwen3 checkpoint with the real Qwen vocabulary (no download)."""
     from qconv.console import console
-    from qconv.testmodels import OUTLIERS_NOTE, RANDOM_WEIGHTS_NOTE, create_test_model
+    from qconv.testing.testmodels import OUTLIERS_NOTE, RANDOM_WEIGHTS_NOTE, create_test_model
 
     with console.status(f"creating {shape_name} {kind} ({RANDOM_WEIGHTS_NOTE})"):
         path = create_test_model(out, shape_name, kind, layers=layers, seed=seed, outliers=outliers)
@@ -489,7 +489,7 @@ def validate(
 @click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is up to date) and stop.")
 def run_cmd(recipe, offline, data_dir, output, only, model, publish, dry_run) -> None:
     """Run a recipe's stages in order, skipping those already done (exit 1 if a validation fails)."""
-    from qconv.recipe_run import RunOptions, run_recipe
+    from qconv.pipeline.run import RunOptions, run_recipe
 
     options = RunOptions(
         offline=offline,
@@ -509,7 +509,7 @@ def run_cmd(recipe, offline, data_dir, output, only, model, publish, dry_run) ->
 def demo(output_root, task) -> None:
     """Offline end to end on built-in random Qwen3 models: the bundled recipes demo.yaml and demo-reranker.yaml
     (export, optimize, quantize, validate against PyTorch, fallback report, model card)."""
-    from qconv.demo import run_demo
+    from qconv.testing.demo import run_demo
 
     run_demo(output_root, task=task)
 
@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         if _debug():
             raise
         if isinstance(exc, ModuleNotFoundError):
-            from .extras import missing_extra_message
+            from qconv.extras import missing_extra_message
 
             args = argv if argv is not None else sys.argv[1:]
             message = missing_extra_message(exc, next((a for a in args if not a.startswith("-")), None))

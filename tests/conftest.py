@@ -43,7 +43,7 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen3_tokenizer_dir(tmp_path_factory):
-    from qconv.qwen_vocab import write_qwen3_tokenizer
+    from qconv.testing.qwen_vocab import write_qwen3_tokenizer
 
     return write_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3-tokenizer"))
 
@@ -51,7 +51,7 @@ def qwen3_tokenizer_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen3(tmp_path_factory):
     """Like Qwen3-Embedding: sentence-transformers files, left padding, <|endoftext|> appended = pad."""
-    from qconv.testmodels import create_qwen3_embedding
+    from qconv.testing.testmodels import create_qwen3_embedding
 
     return create_qwen3_embedding(tmp_path_factory.mktemp("models") / "tiny-qwen3-embedding")
 
@@ -59,7 +59,7 @@ def tiny_qwen3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_qwen3_plain(tmp_path_factory):
     """A bare Qwen3Model checkpoint: no sentence-transformers files, right padding."""
-    from qconv.testmodels import create_qwen3_embedding
+    from qconv.testing.testmodels import create_qwen3_embedding
 
     return create_qwen3_embedding(
         tmp_path_factory.mktemp("models") / "tiny-qwen3-plain", seed=1, st_files=False, padding_side="right"
@@ -69,7 +69,7 @@ def tiny_qwen3_plain(tmp_path_factory):
 @pytest.fixture(scope="session")
 def outlier_qwen3(tmp_path_factory):
     """Six layers (generator at layer 2, like Qwen3-0.6B), hidden 128, with the planted activation outliers."""
-    from qconv.testmodels import Qwen3Shape, create_qwen3_embedding
+    from qconv.testing.testmodels import Qwen3Shape, create_qwen3_embedding
 
     shape = Qwen3Shape(
         hidden_size=128,
@@ -154,7 +154,7 @@ def run_cli(capsys):
 @pytest.fixture(scope="session")
 def tiny_qwen3_reranker(tmp_path_factory):
     """A random Qwen3ForCausalLM like Qwen3-Reranker: real vocabulary (yes=9693, no=2152), left padding."""
-    from qconv.testmodels import create_qwen3_reranker
+    from qconv.testing.testmodels import create_qwen3_reranker
 
     return create_qwen3_reranker(tmp_path_factory.mktemp("models") / "tiny-qwen3-reranker")
 

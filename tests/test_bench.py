@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from qconv.bench import bench, flops_per_token
+from qconv.bench.runner import bench, flops_per_token
 from qconv.convert.quantize import QuantizeOptions, quantize
 
 

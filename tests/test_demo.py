@@ -2,8 +2,8 @@
 
 import json
 
-from qconv.demo import DEMO_RECIPES, demo_recipe
-from qconv.recipe import load_recipe
+from qconv.pipeline.recipe import load_recipe
+from qconv.testing.demo import DEMO_RECIPES, demo_recipe
 
 
 def test_demo_runs_both_recipes_offline_and_says_weights_are_random(run_cli, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 from qconv.artifact import Artifact, hash_tree
 from qconv.convert.torch_embedding import TorchEmbedder
-from qconv.runtime import Embedder
+from qconv.runtime.embedder import Embedder
 
 TEXTS = [
     "What is the capital of China?",

@@ -191,7 +191,7 @@ SMALL_RECIPE = SMALL.replace("limit: 24", "limit: 12")  # the recipe tests' smal
 
 @pytest.fixture
 def recipe_run(tmp_path):
-    from qconv.recipe_run import RunOptions, run_recipe
+    from qconv.pipeline.run import RunOptions, run_recipe
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(SMALL_RECIPE, encoding="utf-8")
@@ -204,7 +204,7 @@ def _statuses(result: dict) -> dict[str, str]:
 
 
 def test_a_rebuilt_variant_is_revalidated_and_publishable(recipe_run, tmp_path):
-    from qconv.publish import check_publishable
+    from qconv.hub.publish import check_publishable
 
     run, art = recipe_run
     run()
@@ -400,7 +400,7 @@ def test_kill_9_during_qconv_run_then_rerun(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not staging_left(out)
     assert_manifest_true(art)
-    from qconv.recipe_run import RunOptions, run_recipe
+    from qconv.pipeline.run import RunOptions, run_recipe
 
     again = run_recipe(recipe, RunOptions(offline=True, output=out))
     assert set(_statuses(again).values()) == {"skipped"}

@@ -102,7 +102,7 @@ def model_copy(tiny_qwen3, tmp_path):
 
 
 def test_token_batches_bound_padded_tokens_and_keep_every_index():
-    from qconv.runtime import token_batches
+    from qconv.runtime.embedder import token_batches
 
     lengths = [3, 8192, 40, 5000, 7, 40, 8192, 1]
     batches = list(token_batches(lengths, batch_size=4, batch_tokens=8192))

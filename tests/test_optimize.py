@@ -15,8 +15,8 @@ from qconv.convert.optimize import optimize, optimized_variant, run_passes
 from qconv.convert.quantize import QuantizeOptions, quantize
 from qconv.convert.variant_parity import compare_sessions
 from qconv.errors import QconvError
-from qconv.runtime import Embedder
-from qconv.testmodels import TINY
+from qconv.runtime.embedder import Embedder
+from qconv.testing.testmodels import TINY
 from qconv.validate.fallback import analyse
 
 LAYERS = TINY.num_hidden_layers
@@ -303,7 +303,7 @@ def test_rms_norm_reports_near_misses():
 
 @pytest.fixture(scope="module", params=["embedding", "reranker"])
 def qwen3_0_6b(request, tmp_path_factory):
-    from qconv.testmodels import PUBLISHED_SHAPES, create_qwen3_embedding, create_qwen3_reranker
+    from qconv.testing.testmodels import PUBLISHED_SHAPES, create_qwen3_embedding, create_qwen3_reranker
 
     root = tmp_path_factory.mktemp(f"qwen3-0.6b-{request.param}")
     shape = PUBLISHED_SHAPES["qwen3-0.6b"]

@@ -24,7 +24,8 @@ def test_subpackages_map_and_no_generic_top_level_modules(tmp_path):
 
 def test_import_qconv_and_runtime_do_not_import_torch(tmp_path):
     proc = run_python(
-        "import sys, qconv, qconv.runtime, qconv.reranking, qconv.cli; print('torch' in sys.modules)", tmp_path
+        "import sys, qconv, qconv.runtime.embedder, qconv.runtime.reranker, qconv.cli; print('torch' in sys.modules)",
+        tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

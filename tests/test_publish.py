@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from qconv.artifact import Artifact
-from qconv.card import parse_card_metadata, recommended_variant, render_model_card, write_model_card
-from qconv.publish import QUANTIZED_ALIAS, publishable_files
+from qconv.hub.card import parse_card_metadata, recommended_variant, render_model_card, write_model_card
+from qconv.hub.publish import QUANTIZED_ALIAS, publishable_files
 from qconv.validate.datasets import dataset_spec
 
 TOKEN = "hf_qconvTestTokenDoNotLeak1234567890"
@@ -292,7 +292,7 @@ def _run_js_snippet(artifact: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
     """The card's transformers.js snippet, run by Node on a published copy of ``artifact``."""
     import subprocess
 
-    from qconv.publish import publish_to_dir
+    from qconv.hub.publish import publish_to_dir
 
     if not shutil.which("node") or not (JS_DIR / "node_modules" / "@huggingface" / "transformers").is_dir():
         pytest.skip("node or @huggingface/transformers is missing (npm ci --ignore-scripts --prefix tests/js)")
@@ -518,7 +518,7 @@ def test_publish_to_inside_the_artifact_is_refused(embedding, run_cli):
 
 
 def test_reproduce_commands_cover_optimize_quantize_and_recipes(artifact_copy):
-    from qconv.card import reproduce_commands
+    from qconv.hub.card import reproduce_commands
 
     art = Artifact(artifact_copy)
     art.variants["O2"] = {

@@ -11,7 +11,7 @@ import pytest
 from qconv.artifact import Artifact
 from qconv.convert.quantize import QuantizeOptions, detect_preset, quantize
 from qconv.errors import QconvError
-from qconv.runtime import Embedder
+from qconv.runtime.embedder import Embedder
 
 
 def op_types(path):
@@ -101,7 +101,7 @@ def test_exclude_keeps_matching_nodes_in_full_precision(artifact_copy):
 
 
 def test_every_mode_on_a_reranker(seqcls_copy):
-    from qconv.reranking import Reranker
+    from qconv.runtime.reranker import Reranker
 
     base = Reranker(seqcls_copy).score("what is the capital of china?", ["Beijing is.", "Bananas."])
     for mode, bound in (("int8", 0.05), ("q4", 0.1), ("q4f16", 0.1), ("fp16", 1e-3)):

@@ -4,7 +4,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from qconv.qwen_vocab import QWEN2_SPLIT_PATTERN, QWEN3_VOCAB_SIZE, _load_ranks, _ranks_file
+from qconv.testing.qwen_vocab import QWEN2_SPLIT_PATTERN, QWEN3_VOCAB_SIZE, _load_ranks, _ranks_file
 
 
 @pytest.fixture(scope="module")

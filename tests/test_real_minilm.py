@@ -13,7 +13,7 @@ import pytest
 
 from qconv.artifact import Artifact
 from qconv.convert.torch_embedding import TorchEmbedder
-from qconv.runtime import Embedder
+from qconv.runtime.embedder import Embedder
 from qconv.validate.datasets import dataset_spec, load_pairs
 from qconv.validate.embedding import validate_embedding
 
@@ -45,7 +45,7 @@ def test_validate_bundled_sts12_identical_spearman(minilm_artifact):
     assert report["real_weights"] is True and report["full_split"] is False
     interval = report["delta_ci"]["cosine_spearman"]
     assert interval["low"] <= report["delta"] <= interval["high"]
-    from qconv.card import parse_card_metadata, render_model_card
+    from qconv.hub.card import parse_card_metadata, render_model_card
 
     card = render_model_card(Artifact(minilm_artifact))
     assert "model-index" not in parse_card_metadata(card) and "lists 0 of these 1 results" in card

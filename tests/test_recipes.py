@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from qconv.errors import QconvError
-from qconv.recipe import load_recipe
-from qconv.recipe_run import RunOptions, plan, run_recipe
+from qconv.pipeline.recipe import load_recipe
+from qconv.pipeline.run import RunOptions, plan, run_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SHIPPED = sorted(RECIPES.glob("*.yaml"))

@@ -9,8 +9,8 @@ import torch
 from tokenizers import Tokenizer
 
 from qconv.artifact import Artifact
-from qconv.rerank_template import QWEN3_RERANKER_TEMPLATE, PairEncoder, pad_batch
-from qconv.reranking import Reranker
+from qconv.runtime.reranker import Reranker
+from qconv.runtime.template import QWEN3_RERANKER_TEMPLATE, PairEncoder, pad_batch
 from qconv.validate.reference_reranker import TorchReranker
 from qconv.validate.rerank import validate_reranker
 

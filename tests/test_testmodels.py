@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from qconv.testmodels import PUBLISHED_SHAPES, parameter_count
+from qconv.testing.testmodels import PUBLISHED_SHAPES, parameter_count
 
 
 def test_published_parameter_counts_on_the_meta_device():

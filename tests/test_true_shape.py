@@ -6,8 +6,8 @@ import pytest
 from qconv.artifact import Artifact
 from qconv.convert.export import export_embedding
 from qconv.convert.quantize import QuantizeOptions, quantize
-from qconv.runtime import Embedder
-from qconv.testmodels import PUBLISHED_SHAPES, create_qwen3_embedding
+from qconv.runtime.embedder import Embedder
+from qconv.testing.testmodels import PUBLISHED_SHAPES, create_qwen3_embedding
 
 QWEN3_0_6B = PUBLISHED_SHAPES["qwen3-0.6b"]
 

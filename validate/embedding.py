@@ -10,7 +10,7 @@ import numpy as np
 from qconv.artifact import Artifact
 from qconv.convert.specs import spec_for_instruction_template
 from qconv.errors import QconvError
-from qconv.runtime import DEFAULT_BATCH_TOKENS, Embedder, resolve_providers, truncate_dim
+from qconv.runtime.embedder import DEFAULT_BATCH_TOKENS, Embedder, resolve_providers, truncate_dim
 
 from . import metrics
 from .datasets import load_pairs

@@ -15,8 +15,8 @@ import numpy as np
 
 from qconv.artifact import Artifact
 from qconv.console import console
-from qconv.rerank_template import pad_batch
-from qconv.runtime import DEFAULT_BATCH_TOKENS, token_batches
+from qconv.runtime.embedder import DEFAULT_BATCH_TOKENS, token_batches
+from qconv.runtime.template import pad_batch
 
 from .reference import cached_reference
 

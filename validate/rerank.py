@@ -9,9 +9,9 @@ import numpy as np
 
 from qconv.artifact import Artifact
 from qconv.errors import QconvError
-from qconv.rerank_template import resolve_instruction
-from qconv.reranking import Reranker
-from qconv.runtime import DEFAULT_BATCH_TOKENS, resolve_providers
+from qconv.runtime.embedder import DEFAULT_BATCH_TOKENS, resolve_providers
+from qconv.runtime.reranker import Reranker
+from qconv.runtime.template import resolve_instruction
 
 from . import metrics
 from .datasets import load_rerank

@@ -87,7 +87,7 @@ def placement_summary(art: Artifact, variant: str, providers: list[str]) -> dict
 
 def has_real_weights(art: Artifact) -> bool:
     """False for qconv's random-weight test models (the manifest's note, the marker or the README)."""
-    from qconv.testmodels import is_random_weight_model
+    from qconv.testing.testmodels import is_random_weight_model
 
     source = art.manifest.get("source") or {}
     return "random weights" not in str(source.get("weights") or "") and not is_random_weight_model(source.get("path"))
@@ -115,7 +115,7 @@ def base_report(spec: DatasetSpec, data, variant: str, precision: str, providers
         "source": data.source,
         "location": data.location,
         "fingerprint": data.fingerprint,
-        # The model card's model-index takes a result only when both hold (qconv/card.py).
+        # The model card's model-index takes a result only when both hold (qconv/hub/card.py).
         "full_split": data.full_split,
         "real_weights": has_real_weights(art),
         "variant": variant,

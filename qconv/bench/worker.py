@@ -1,6 +1,6 @@
 """One benchmark runtime in its own process, so its load time and peak memory are its own.
 
-``python -m qconv.bench_worker SPEC_JSON`` prints one JSON document on stdout.
+``python -m qconv.bench.worker SPEC_JSON`` prints one JSON document on stdout.
 """
 
 from __future__ import annotations

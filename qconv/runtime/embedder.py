@@ -8,9 +8,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .artifact import Artifact, open_artifact
-from .errors import QconvError, one_line
-from .rerank_template import pad_batch
+from qconv.artifact import Artifact, open_artifact
+from qconv.errors import QconvError, one_line
+from qconv.runtime.template import pad_batch
 
 # Padded tokens per batch (rows x longest row): bounds the activations of a batch whatever the texts' lengths,
 # while short texts still fill --batch-size rows. A text at the artifact's max length runs alone.

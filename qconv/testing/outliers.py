@@ -73,7 +73,7 @@ def plant_outliers(base_model, trigger_ids: list[int], *, seed: int = 0, plan: O
     """Rewrite a random ``Qwen3Model``'s weights in place; returns the planted dims and layers (for the note)."""
     import torch
 
-    from .errors import QconvError
+    from qconv.errors import QconvError
 
     plan = plan or OutlierPlan()
     config = base_model.config

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .artifact import (
+from qconv.artifact import (
     MANIFEST,
     Artifact,
     check_output_dir,
@@ -29,9 +29,9 @@ from .artifact import (
     staged_directory,
     staging_prefix,
 )
-from .card import CARD_FILE, human_size, render_model_card, stale_validations, write_model_card
-from .console import console
-from .errors import QconvError, one_line
+from qconv.console import console
+from qconv.errors import QconvError, one_line
+from qconv.hub.card import CARD_FILE, human_size, render_model_card, stale_validations, write_model_card
 
 # Never published: temporary, lock and editor files (hidden paths, e.g. .cache/, are excluded as a whole).
 _EXCLUDED_SUFFIXES = (".tmp", ".temp", ".lock", ".part", ".incomplete", ".pyc", ".swp", "~")
@@ -74,7 +74,7 @@ def publishable_files(art: Artifact) -> list[str]:
 def quantized_alias(art: Artifact, rels: list[str]) -> str | None:
     """The variant to publish also as ``onnx/model_quantized.onnx``: the one the card recommends, when it is
     a validated INT8 graph in one file (an alias of a graph with external data would need its data renamed)."""
-    from .card import recommended_variant
+    from qconv.hub.card import recommended_variant
 
     if QUANTIZED_ALIAS in art.manifest.get("files", {}):
         return None
@@ -389,7 +389,7 @@ def publish_to_hub(
 
     from huggingface_hub import HfApi
 
-    from . import __version__
+    from qconv import __version__
 
     clean_artifact_staging(art.path)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(f"{art.name}.publish"), dir=art.path.parent))

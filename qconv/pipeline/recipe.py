@@ -2,7 +2,7 @@
 
 Every field is declared once, with its type and default, in the dataclasses below (Olive-style); the loader
 walks the YAML node tree so that every error names the file, the line and the key. Nothing here runs
-anything: ``qconv.recipe_run`` replays a loaded recipe.
+anything: ``qconv.pipeline.run`` replays a loaded recipe.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import QconvError
+from qconv.errors import QconvError
 
 TASKS = ("embedding", "reranker")
 LEVELS = ("O1", "O2", "O3", "O4")
@@ -241,7 +241,7 @@ class _Reader:
             raise self.error(node, f"{where}: {value} is not one of {', '.join(map(str, choices))}")
         providers = f.metadata.get("providers")
         if providers:
-            from qconv.runtime import _available_providers
+            from qconv.runtime.embedder import _available_providers
             from qconv.validate.fallback import KNOWN_PROVIDERS
 
             allowed = _available_providers() if providers == "available" else KNOWN_PROVIDERS

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import QconvError
+from qconv.errors import QconvError
 
 
 @dataclass(frozen=True)

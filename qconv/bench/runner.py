@@ -1,6 +1,6 @@
 """``qconv bench``: throughput, latency percentiles, load time, file size and peak RSS per variant.
 
-Every runtime is measured in its own subprocess (``qconv.bench_worker``), so memory figures are clean.
+Every runtime is measured in its own subprocess (``qconv.bench.worker``), so memory figures are clean.
 Targets live here, as measured tables, never as timed unit tests.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact, now_iso, package_versions, write_json_atomic
-from .console import console
-from .errors import QconvError
-from .testmodels import is_random_weight_model
+from qconv.artifact import Artifact, now_iso, package_versions, write_json_atomic
+from qconv.console import console
+from qconv.errors import QconvError
+from qconv.testing.testmodels import is_random_weight_model
 
 MLP_MATRICES = {"qwen3": 3, "bert": 2}  # SwiGLU has gate, up and down projections; BERT's MLP has two
 
@@ -59,7 +59,7 @@ def flops_per_token(config: dict, seq: int, lm_head: bool = False) -> float:
 
 def _run_worker(spec: dict, label: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "qconv.bench_worker", json.dumps(spec)], capture_output=True, text=True
+        [sys.executable, "-m", "qconv.bench.worker", json.dumps(spec)], capture_output=True, text=True
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -90,7 +90,7 @@ def bench(
     warmup: int = 1,
     documents: int = 10,
 ) -> dict:
-    from .runtime import resolve_providers
+    from qconv.runtime.embedder import resolve_providers
 
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
     chosen = (

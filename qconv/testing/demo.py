@@ -10,9 +10,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .console import console
-from .errors import GateFailed, QconvError
-from .testmodels import RANDOM_WEIGHTS_NOTE
+from qconv.console import console
+from qconv.errors import GateFailed, QconvError
+from qconv.testing.testmodels import RANDOM_WEIGHTS_NOTE
 
 DEMO_RECIPES = {"embedding": "demo.yaml", "reranker": "demo-reranker.yaml"}
 DEMO_TASKS = (*DEMO_RECIPES, "all")
@@ -24,7 +24,7 @@ def demo_recipe(task: str) -> Path:
 
 
 def run_demo(output_root: str | Path = "artifacts", task: str = "all") -> list[dict]:
-    from .recipe_run import RunOptions, run_recipe
+    from qconv.pipeline.run import RunOptions, run_recipe
 
     if task not in DEMO_TASKS:
         raise QconvError(f"unknown demo task '{task}' (choose {', '.join(DEMO_TASKS)})")

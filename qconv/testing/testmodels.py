@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .qwen_vocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
+from qconv.testing.qwen_vocab import QWEN3_VOCAB_SIZE, write_qwen3_tokenizer
 
 RANDOM_WEIGHTS_NOTE = "random weights: task metrics are meaningless, parity with PyTorch is real"
 OUTLIERS_NOTE = "planted Qwen3-like activation outliers (no real semantics)"
@@ -171,7 +171,7 @@ def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: in
 
 
 def _plant(base_model, out: Path, seed: int) -> dict:
-    from .testmodel_outliers import plant_outliers, trigger_token_ids
+    from qconv.testing.outliers import plant_outliers, trigger_token_ids
 
     planted = plant_outliers(base_model, trigger_token_ids(out / "tokenizer.json"), seed=seed)
     (out / "qconv_outliers.json").write_text(json.dumps(planted, indent=2), encoding="utf-8")
@@ -204,10 +204,10 @@ def create_test_model(
     out: str | Path, shape_name: str, kind: str, layers: int | None = None, seed: int = 0, outliers: bool = False
 ) -> Path:
     """``qconv testmodel create``: a published Qwen3 shape with random weights and the real vocabulary;
-    ``outliers`` plants trained Qwen3's activation outliers (see qconv/testmodel_outliers.py)."""
+    ``outliers`` plants trained Qwen3's activation outliers (see qconv/testing/outliers.py)."""
     from dataclasses import replace
 
-    from .errors import QconvError
+    from qconv.errors import QconvError
 
     shapes = {"tiny": TINY, **PUBLISHED_SHAPES}
     if shape_name not in shapes:

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import QconvError
+from qconv.errors import QconvError
 
 # Qwen2's split regex (tokenizer.json of Qwen2/Qwen3), not tiktoken's cl100k one: digits split singly.
 QWEN2_SPLIT_PATTERN = (

@@ -19,10 +19,10 @@ from typing import ClassVar
 
 from rich.table import Table
 
-from .artifact import MANIFEST, Artifact, sha256_file
-from .console import console
-from .errors import GateFailed, QconvError
-from .recipe import OptimizeStage, QuantizeStage, Recipe, ValidateStep, load_recipe, recipe_to_dict
+from qconv.artifact import MANIFEST, Artifact, sha256_file
+from qconv.console import console
+from qconv.errors import GateFailed, QconvError
+from qconv.pipeline.recipe import OptimizeStage, QuantizeStage, Recipe, ValidateStep, load_recipe, recipe_to_dict
 
 STEP_KINDS = ("export", "optimize", "quantize", "validate", "fallback", "card", "publish")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -314,7 +314,7 @@ class CardStep(Step):
         return ctx.fingerprints().get(self.id) == fingerprint and ctx.reports_intact("README.md")
 
     def run(self, ctx: Context) -> None:
-        from .card import write_model_card
+        from qconv.hub.card import write_model_card
 
         write_model_card(ctx.art)
 
@@ -339,7 +339,7 @@ class PublishStep(Step):
         return False  # publishing is explicit: asked for, it always uploads
 
     def run(self, ctx: Context) -> None:
-        from .publish import publish_to_hub
+        from qconv.hub.publish import publish_to_hub
 
         target = ctx.recipe.publish
         publish_to_hub(ctx.art, target.repo_id, revision=target.revision, private=target.private)
@@ -388,7 +388,7 @@ def source_path(recipe: Recipe, options: RunOptions) -> str | Path:
     if options.model:
         return options.model
     if recipe.model.testmodel:
-        from .testmodels import cached_test_model
+        from qconv.testing.testmodels import cached_test_model
 
         tm = recipe.model.testmodel
         return cached_test_model(recipe.task, tm.shape, layers=tm.layers, seed=tm.seed)
@@ -566,7 +566,7 @@ def _cell(r: dict, markdown: bool = False) -> str:
 
 
 def write_summary(ctx: Context, result: dict) -> None:
-    from .artifact import write_json_atomic, write_text_atomic
+    from qconv.artifact import write_json_atomic, write_text_atomic
 
     with ctx.art.staged_outputs() as stage:
         write_json_atomic(stage / "recipe-summary.json", result)

@@ -7,9 +7,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .artifact import Artifact, open_artifact
-from .rerank_template import PairEncoder, RerankTemplate, last_token_index, pad_batch, resolve_instruction
-from .runtime import DEFAULT_BATCH_TOKENS, load_fast_tokenizer, open_session, resolve_providers, token_batches
+from qconv.artifact import Artifact, open_artifact
+from qconv.runtime.embedder import (
+    DEFAULT_BATCH_TOKENS,
+    load_fast_tokenizer,
+    open_session,
+    resolve_providers,
+    token_batches,
+)
+from qconv.runtime.template import PairEncoder, RerankTemplate, last_token_index, pad_batch, resolve_instruction
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The Hugging Face Hub side: the model card and publishing (upload or a clean local copy)."""
