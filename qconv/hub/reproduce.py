@@ -1,0 +1,205 @@
+"""The card's "Reproduce" section: the ``qconv`` command lines that rebuild an artifact, from its manifest."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qconv.artifact import BASE_VARIANT, Artifact
+from qconv.validate.metrics import BOOTSTRAP_DEFAULT
+
+if TYPE_CHECKING:
+    from qconv.hub.card import _CardData
+
+# Stages that describe the artifact's history but do not make a variant.
+_NON_BUILD_STAGES = ("validate", "fallback", "bench", "card", "publish")
+# Gate keys -> qconv validate flags (to reproduce a validation run with non-default gates).
+_GATE_FLAGS = {
+    "min_cosine": "--min-cosine",
+    "min_cosine_mean": "--min-cosine-mean",
+    "max_abs_delta": "--max-delta",
+    "max_abs_score_diff": "--max-score-diff",
+    "min_top1_agreement": "--min-top1",
+}
+
+
+def _q(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def _export_command(data: _CardData, out: str) -> list[str]:
+    stage = next((s for s in data.manifest.get("stages", []) if s.get("stage") == "export"), {})
+    options = stage.get("options") or {}
+    source = data.source
+    lines: list[str] = []
+    model = source.get("model", "MODEL")
+    marker = Path(source["path"]) / "qconv_testmodel.json" if source.get("path") else None
+    if marker is not None and marker.is_file():
+        note = json.loads(marker.read_text(encoding="utf-8"))
+        lines.append(
+            f"qconv testmodel create {_q(model)} --shape {_q(note['shape'])} --kind {_q(note['kind'])} "
+            f"--layers {note['layers']} --seed {note['seed']}"
+        )
+    elif data.random_weights:
+        lines.append(f"# {model}: a random-weight test model (qconv.testing.testmodels), not a published checkpoint")
+    revision = source.get("revision") if source.get("kind") == "hub" else options.get("revision")
+    common = []
+    if revision:
+        common.append(f"--revision {_q(revision)}")
+    if options.get("opset", 18) != 18:
+        common.append(f"--opset {options['opset']}")
+    if options.get("external_data") is not None:
+        common.append("--external-data" if options["external_data"] else "--no-external-data")
+    if data.task == "embedding":
+        args = [f"qconv export embedding --model {_q(model)}"]
+        if options.get("pooling", "auto") != "auto":
+            args.append(f"--pooling {_q(options['pooling'])}")
+        if options.get("normalize") is False:
+            args.append("--no-normalize")
+    else:
+        rr = data.manifest.get("reranker") or {}
+        args = [f"qconv export reranker --model {_q(model)}"]
+        if options.get("seq_cls", rr.get("format") == "seq-cls"):
+            args.append("--seq-cls")
+        if options.get("instruction"):
+            args.append(f"--instruction {_q(options['instruction'])}")
+        if rr.get("max_length"):
+            args.append(f"--max-length {rr['max_length']}")
+    lines.append(" ".join(args + common + [f"--output {out}"]))
+    return lines
+
+
+def _build_command(art: Artifact, variant: str, out: str) -> str:
+    """The command that made a (non-base) variant, from its manifest entry."""
+    entry = art.variants[variant]
+    if entry.get("command"):
+        command = entry["command"]
+        return command if isinstance(command, str) else " ".join(_q(c) for c in command)
+    source = f" --from {_q(entry['from'])}" if entry.get("from", BASE_VARIANT) != BASE_VARIANT else ""
+    if entry.get("stage") == "optimize" and entry.get("level"):
+        target = f" --target {_q(entry['target'])}" if entry.get("target", "cpu") != "cpu" else ""
+        return f"qconv optimize {out} --level {_q(entry['level'])}{target}{source}"
+    if entry.get("stage") != "quantize":
+        return f"# {variant}: made by the '{entry.get('stage')}' stage (see variants.{variant} in qconv.json)"
+    from qconv.convert.quantize import MODES
+
+    mode = entry.get("mode", entry.get("precision"))
+    options = entry.get("options") or {}
+    args = [f"qconv quantize {out} --mode {_q(mode)}{source}"]
+    if options.get("per_channel") is False:
+        args.append("--per-tensor")
+    if mode == "int8" and options.get("preset"):
+        args.append(f"--preset {_q(options['preset'])}")
+    if mode in ("q8", "q4", "q4f16"):
+        if options.get("block_size", 32) != 32:
+            args.append(f"--block-size {options['block_size']}")
+        if options.get("accuracy_level") is not None:
+            args.append(f"--accuracy-level {options['accuracy_level']}")
+    default_embeddings = MODES[mode].embeddings_by_default if mode in MODES else None
+    if options.get("quantize_embeddings") is not None and options["quantize_embeddings"] != default_embeddings:
+        args.append("--quantize-embeddings" if options["quantize_embeddings"] else "--no-quantize-embeddings")
+    args += [f"--exclude {_q(p)}" for p in options.get("exclude") or []]
+    for flag in ("smooth", "keep", "recover", "calibration"):
+        if options.get(flag) is not None:
+            args.append(f"--{flag} {_q(str(options[flag]))}")
+    return " ".join(args)
+
+
+def _validate_command(data: _CardData, summary: dict, out: str) -> str:
+    from qconv.validate.datasets import DATASETS
+    from qconv.validate.thresholds import thresholds_for
+
+    report = data.report(summary)
+    spec = DATASETS.get(summary["dataset"])
+    args = [f"qconv validate {out} --dataset {_q(summary['dataset'])}"]
+    if summary["variant"] != BASE_VARIANT:
+        args.append(f"--variant {_q(summary['variant'])}")
+    if summary.get("source") == "bundled-sample":
+        args.append("--offline")
+    elif summary.get("source") == "data-files" and report.get("location"):
+        args.append(f"--data-files {_q(report['location'])}")
+    if spec and summary.get("split") and summary["split"] != spec.split:
+        args.append(f"--split {_q(summary['split'])}")
+    count = report.get("n_queries", report.get("n_pairs"))
+    if count:
+        args.append(f"--limit {count}")
+    if report.get("max_candidates"):
+        args.append(f"--max-candidates {report['max_candidates']}")
+    if report.get("dim"):
+        args.append(f"--dim {report['dim']}")
+    rr = data.manifest.get("reranker") or {}
+    if str(report.get("instruction_rule", "")).startswith("none"):
+        args.append("--instruction ''")
+    elif report.get("instruction") and report["instruction"] != (rr.get("instruction") or spec and spec.instruction):
+        args.append(f"--instruction {_q(report['instruction'])}")
+    boot = report.get("bootstrap") or {}
+    if "n_resamples" in boot and boot["n_resamples"] != BOOTSTRAP_DEFAULT:
+        args.append(f"--bootstrap {boot['n_resamples']}")
+    providers = report.get("providers") or []
+    if providers and providers != ["CPUExecutionProvider"]:
+        args.append(f"--providers {_q(','.join(providers))}")
+    thresholds = report.get("thresholds") or {}
+    if thresholds:
+        precision = data.art.variants.get(summary["variant"], {}).get("precision", "fp32")
+        defaults = thresholds_for(data.task, precision)
+        for key, value in thresholds.items():
+            if defaults.get(key) != value and key in _GATE_FLAGS:
+                args.append(f"{_GATE_FLAGS[key]} {value:g}")
+    return " ".join(args)
+
+
+def reproduce_commands(art: Artifact, data: _CardData | None = None) -> list[str]:
+    """``qconv`` command lines (and comments) that rebuild this artifact, in the order it was made."""
+    if data is None:
+        from qconv.hub.card import _CardData
+
+        data = _CardData(art, None, None)
+    out = f"artifacts/{art.name}"
+    version = (data.manifest.get("packages") or {}).get("qconv")
+    lines = [f"# with qconv {version} installed" if version else "# with qconv installed"]
+    recipe = data.manifest.get("recipe")
+    if recipe:
+        recipe = recipe if isinstance(recipe, dict) else {"name": str(recipe)}
+        name = recipe.get("name")
+        path = f"recipes/{recipe.get('file') or f'{name}.yaml'}"
+        lines += [f"# built by recipe '{name}':", f"qconv run {_q(path)}", "# or step by step:"]
+    lines += _export_command(data, out)
+    order: list[str] = []
+    for stage in data.manifest.get("stages", []):
+        variant = stage.get("variant")
+        if stage.get("stage") not in _NON_BUILD_STAGES and variant in art.variants and variant != BASE_VARIANT:
+            order.append(variant)
+    order += sorted(art.variants)
+    for variant in dict.fromkeys(order):
+        if variant != BASE_VARIANT:
+            lines.append(_build_command(art, variant, out))
+    lines += [_validate_command(data, s, out) for s in data.summaries()]
+    fallback_runs = []
+    for stage in data.manifest.get("stages", []):
+        if stage.get("stage") == "fallback":
+            args = [f"qconv fallback {out}"] + [f"--variant {_q(v)}" for v in stage.get("variants") or []]
+            args.append(f"--providers {_q(','.join(stage.get('providers') or []))}")
+            args += ["--runtime"] if stage.get("runtime") else []
+            fallback_runs.append(" ".join(args))
+    lines += list(dict.fromkeys(fallback_runs))
+    lines.append(f"qconv card {out}")
+    return lines
+
+
+def _reproduce_section(data: _CardData) -> list[str]:
+    packages = data.manifest.get("packages") or {}
+    shown = ", ".join(f"{name} {v}" for name, v in packages.items() if v)
+    return [
+        "## Reproduce",
+        "",
+        "Made with qconv; these commands rebuild the artifact from the manifest's record (`qconv.json` holds "
+        "every option, the source's content hash and the sha256 of every file):",
+        "",
+        "```bash",
+        *reproduce_commands(data.art, data),
+        "```",
+        "",
+        f"Package versions: {shown}.",
+    ]
