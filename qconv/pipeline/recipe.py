@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qconv.errors import QconvError
+from qconv.tasks import TASKS, get_task
 
-TASKS = ("embedding", "reranker")
 LEVELS = ("O1", "O2", "O3", "O4")
 TARGETS = ("cpu", "cuda")
 SHAPES = ("tiny", "qwen3-0.6b", "qwen3-4b", "qwen3-8b")
@@ -53,23 +53,6 @@ class ModelSource:
     id: str | None = None  # Hub id or local directory
     revision: str | None = None  # pin it: resumability and reproducibility key on it
     testmodel: TestModel | None = None
-
-
-@dataclass
-class EmbeddingExport:
-    pooling: Literal["auto", "lasttoken", "mean", "cls"] = "auto"
-    normalize: bool = True
-    opset: int | None = field(default=None, metadata=_at_least(18, 23))  # what the exporter handles
-    external_data: bool | None = None
-
-
-@dataclass
-class RerankerExport:
-    seq_cls: bool = True
-    instruction: str | None = None
-    max_length: int | None = field(default=None, metadata=_at_least(1))
-    opset: int | None = field(default=None, metadata=_at_least(18, 23))
-    external_data: bool | None = None
 
 
 @dataclass
@@ -139,10 +122,10 @@ class PublishTarget:
 @dataclass
 class Recipe:
     name: str
-    task: Literal["embedding", "reranker"]
+    task: str  # a registered task (qconv.tasks.TASKS)
     model: ModelSource
     description: str | None = None
-    export: EmbeddingExport | RerankerExport | None = None
+    export: Any = None  # the task's export config (Task.export_config), chosen by 'task'
     stages: list[OptimizeStage | QuantizeStage] = field(default_factory=list)
     validate: list[ValidateStep] = field(default_factory=list)
     fallback: FallbackStep | None = None
@@ -194,19 +177,22 @@ class _Reader:
         if (model.id is None) == (model.testmodel is None):
             raise self.error(self._child(root, "model"), "model needs exactly one of 'id' or 'testmodel'")
         export_node = self._child(root, "export")
-        expected = EmbeddingExport if recipe.task == "embedding" else RerankerExport
+        if recipe.task not in TASKS:
+            raise self.error(self._child(root, "task"), f"task: '{recipe.task}' is not one of {', '.join(TASKS)}")
+        task = get_task(recipe.task)
+        expected = task.export_config
         if export_node is None:
             recipe.export = expected()
         else:
             recipe.export = self.build(export_node, expected, "export", what=f"{recipe.task} export")
-        if recipe.task == "reranker" and not recipe.export.seq_cls:
-            # The causal-LM format scores one document at a time over the whole vocabulary: only for comparison.
-            raise self.error(export_node, "export.seq_cls: false is not a pipeline format (use 'qconv export')")
+        problem = task.check_export_config(recipe.export)
+        if problem:
+            raise self.error(export_node if export_node is not None else root, problem)
 
     def _check_datasets(self, root, recipe: Recipe) -> None:
         from qconv.validate.datasets import DATASETS
 
-        kind = "pairs" if recipe.task == "embedding" else "rerank"
+        kind = get_task(recipe.task).dataset_kind
         suitable = [name for name, spec in DATASETS.items() if spec.kind == kind]
         steps = self._child(root, "validate")
         for i, step in enumerate(recipe.validate):
