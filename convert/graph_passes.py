@@ -177,7 +177,7 @@ def drop_cast_round_trips(model) -> int:
     """
     import onnx
 
-    from qconv.validate.fallback import infer_types
+    from qconv.kernels import infer_types
 
     types = infer_types(model)
     producers = {out: node for node in model.graph.node for out in node.output}

@@ -329,7 +329,7 @@ def _basic_report(before: dict[str, int], after: dict[str, int]) -> dict:
 
 def _placement(path: Path, target: str) -> dict:
     """Static placement on the target's execution provider (the ``qconv fallback`` analysis)."""
-    from qconv.validate.fallback import analyse, load_graph
+    from qconv.kernels import analyse, load_graph
 
     report = analyse(load_graph(path), TARGETS[target])
     return {

@@ -34,19 +34,6 @@ class ParityThresholds:
     max_rel_abs_diff: float = 1e-4
 
 
-def check_embedding_parity(
-    module,
-    tokenizer,
-    onnx_path: Path,
-    max_length: int,
-    thresholds: ParityThresholds = ParityThresholds(),
-    invariant_sides: tuple[str, ...] = ("right", "left"),
-) -> dict:
-    """ONNX == PyTorch under both padding sides and batch 1; padded == batch 1 for ``invariant_sides``."""
-    reference = embedding_reference(module, tokenizer, max_length)
-    return compare_embedding_parity(reference, onnx_path, thresholds, invariant_sides)
-
-
 def embedding_reference(module, tokenizer, max_length: int) -> list[dict]:
     """The PyTorch outputs of every parity run. Computed before the ONNX session opens, so the caller can
     free the PyTorch model first: export memory peaks at one copy of the weights, not two."""
@@ -126,21 +113,6 @@ def require_parity(result: dict) -> None:
             "max_abs_diff={max_abs_diff:.2e}, padding_invariance_cosine_min={padding_invariance_cosine_min:.7f}, "
             "finite={finite}; nothing was written".format(**result)
         )
-
-
-def check_reranker_parity(
-    module,
-    fmt: str,
-    sequences: list[list[int]],
-    onnx_path: Path,
-    pad_id: int,
-    yes_id: int | None,
-    no_id: int | None,
-    tolerance: float = 1e-5,
-) -> dict:
-    """P(yes) from the ONNX graph vs the PyTorch module: left/right-padded batches and batch 1."""
-    reference = reranker_reference(module, sequences, pad_id)
-    return compare_reranker_parity(reference, fmt, onnx_path, yes_id, no_id, tolerance)
 
 
 def reranker_reference(module, sequences: list[list[int]], pad_id: int) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Regenerate validate/data/kernels/ort_kernels.json from onnxruntime's docs/OperatorKernels.md.
+"""Regenerate qconv/data/kernels/ort_kernels.json from onnxruntime's docs/OperatorKernels.md.
 
 Usage: python scripts/regen_ort_kernels.py path/to/OperatorKernels.md [out.json]
 
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     records = parse(Path(argv[1]).read_text(encoding="utf-8"))
-    out = Path(argv[2]) if len(argv) > 2 else Path(__file__).parents[1] / "validate/data/kernels/ort_kernels.json"
+    out = Path(argv[2]) if len(argv) > 2 else Path(__file__).parents[1] / "qconv/data/kernels/ort_kernels.json"
     out.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     print(f"{len(records)} kernel records -> {out}")
     return 0

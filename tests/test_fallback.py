@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from qconv.artifact import Artifact
 from qconv.convert.quantize import QuantizeOptions, quantize
-from qconv.validate.fallback import analyse
+from qconv.kernels import analyse
 from qconv.validate.placement import fallback_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_other_providers_have_tables(qwen3_artifact):
 
 
 def test_regeneration_script_reproduces_the_vendored_table(tmp_path):
-    kernels = REPO / "validate" / "data" / "kernels"
+    kernels = REPO / "qconv" / "data" / "kernels"
     out = tmp_path / "kernels.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "regen_ort_kernels.py"), str(kernels / "OperatorKernels.md"), str(out)],

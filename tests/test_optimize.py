@@ -15,9 +15,9 @@ from qconv.convert.optimize import optimize, optimized_variant, run_passes
 from qconv.convert.quantize import QuantizeOptions, quantize
 from qconv.convert.variant_parity import compare_sessions
 from qconv.errors import QconvError
+from qconv.kernels import analyse
 from qconv.runtime.embedder import Embedder
 from qconv.testing.testmodels import TINY
-from qconv.validate.fallback import analyse
 
 LAYERS = TINY.num_hidden_layers
 LENGTHS_1_TO_512 = (1, 2, 3, 16, 61, 128, 255, 512)
