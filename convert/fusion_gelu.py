@@ -4,6 +4,10 @@ Qwen3's MLP uses SiLU, not GELU, so on Qwen3 graphs this pass matches nothing an
 so that O3 means the same thing on every architecture, and the report says so instead of pretending.
 Matches the opset-20 ``Gelu`` (approximate="none"), com.microsoft ``Gelu``, and the decomposed
 ``x * 0.5 * (1 + Erf(x / sqrt(2)))`` in any association of its products.
+
+qconv's own: onnxscript 0.7.2's GELU rules do not approximate. ``erfgelu`` fuses the Erf form into the exact
+com.microsoft Gelu and ``gelu`` fuses the tanh form already written out into FastGelu; neither turns exact
+GELU into the tanh form (0 matches for both on Qwen3, like this pass).
 """
 
 from __future__ import annotations

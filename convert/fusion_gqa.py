@@ -9,6 +9,10 @@ projections go fp16 through the same selective fp16 conversion as ``qconv quanti
 Every sequence is passed as full length (``seqlens_k = seq - 1``) with ``causal=1``; padding (left or right)
 is carried by ``attention_bias``: the graph's causal+padding mask clamped to -10000 so that it stays finite
 in fp16 (a fully masked row, a left-pad query, then averages instead of turning into NaN).
+
+qconv's own: onnxscript 0.7.2's ``gqa`` rule starts from its own intermediate SDPA node, so it matches none
+of the MultiHeadAttention nodes of the O2 graph; from the raw export its whole pipeline reaches an fp32
+GroupQueryAttention (mask dropped, one-element ``seqlens_k``) that fails at batch 3, see ``fusion_attention``.
 """
 
 from __future__ import annotations

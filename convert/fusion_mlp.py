@@ -8,6 +8,9 @@
 read once and the GEMM is wider. The weights are the same numbers in a new layout; INT8 and 4-bit
 quantization treat each output column (or block of it) alone, so they quantize the merged weight exactly
 as they would the separate ones.
+
+Both are qconv's own: onnxscript 0.7.2 has no SiLU/QuickGelu rule, and its only projection merge
+(``gqa_packed_qkv``) packs q/k/v into an existing GroupQueryAttention (0 matches on the O2 graph).
 """
 
 from __future__ import annotations

@@ -1,10 +1,21 @@
-"""RMSNorm -> SimplifiedLayerNormalization.
+"""RMSNorm -> SimplifiedLayerNormalization: onnxscript's rule first, this pass's matcher for the rest.
 
 Matches what torch exports for ``weight * x * rsqrt(mean(x**2, -1) + eps)`` (Qwen3RMSNorm, LlamaRMSNorm):
 Pow(x, 2) -> ReduceMean(last axis) -> Add(eps) -> Sqrt -> Reciprocal -> Mul(x, .) -> Mul(weight, .),
 with Div(x, Sqrt) accepted for the middle and either operand order of every Mul. Qwen3 has four per decoder
 layer's worth: input and post-attention norms on the hidden size, q_norm and k_norm on the head size
 (these run on the (batch, seq, heads, head_dim) view), plus the final norm.
+
+The rewrite is onnxscript's ``ort_fusions.rms_normalization`` rule (onnxscript 0.7.2). Measured on the
+exported tiny Qwen3 (2 layers): it fuses the same 9 norms into the same graph as this pass did alone (equal
+op counts, every fused node keeps the ``pkg.torch.onnx.name_scopes`` of its module, and O2's parity gate
+gives cosine_min 0.9999999999989911 either way, equal to the last digit). What it does not do, this pass
+still does on the nodes it leaves: the Div(x, Sqrt) form and a positive last axis (its pattern is the
+Reciprocal-Mul form over axes ``[-1]`` only), and the near-miss report (why a Pow(x, 2) was not fused,
+which the pass report and its test rely on; onnxscript says nothing about rules that did not match).
+Where they differ the other way: onnxscript also takes a Cast-wrapped (fp16) norm and a scale that is not a
+1-D constant (which this matcher refuses); both still pass O2's parity gate before anything is written.
+Fused nodes also carry onnxscript's ``pkg.onnxscript.rewriter.rule_name`` tag.
 
 SimplifiedLayerNormalization is onnxruntime's op in the ONNX domain (kernels on CPU, CUDA and DirectML).
 """
@@ -39,6 +50,14 @@ class RmsNormFusion(GraphPass):
     name = "rms_norm"
     summary = "RMSNorm (Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul/Mul) -> SimplifiedLayerNormalization"
     anchor_ops = ("Pow",)
+
+    def run(self, ctx):
+        from onnxscript.rewriter.ort_fusions.rms_normalization import rms_normalization_ruleset
+
+        fused = rms_normalization_ruleset.apply_to_model(ctx.model)
+        result = super().run(ctx)  # the forms onnxscript leaves, and the near misses
+        result.matched += fused
+        return result
 
     def rewrite_at(self, pow_node, ctx) -> bool:
         if scalar(pow_node.inputs[1]) != 2.0:

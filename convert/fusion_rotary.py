@@ -11,6 +11,13 @@ because RoPE only sees relative positions, exactly as in the exported graph.
 
 Requires the angles to be shared by the batch (``freqs`` of leading dimension 1), which is what the export
 computes when ``position_ids`` is not an input.
+
+Why not onnxscript's rule (``ort_fusions.rotary_embedding`` + ``cos_sin_cache``, onnxscript 0.7.2), measured
+on the exported tiny Qwen3: it fuses the same 4 rotations, but it rebuilds the cache from the in-graph
+position ids (ReduceMax -> Range -> MatMul) and passes ``position_ids`` of shape (1, seq) to RotaryEmbedding,
+which onnxruntime rejects for any batch above 1 ("Input 'position_ids' dimension 0 should be of size
+batch_size, got 1"): O2's parity gate fails at batch 3. Its intermediate ``ai.onnxruntime._fusion`` functions
+also stay in the model until an onnxscript ``optimize`` inlines them.
 """
 
 from __future__ import annotations
