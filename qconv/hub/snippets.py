@@ -1,24 +1,44 @@
-"""Pieces every task's usage snippets share: where the snippet finds the artifact, transformers.js's dtype."""
+"""What every task's card sections share: their templates, where a snippet finds the artifact, transformers.js's
+dtype."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from qconv.hub.card import _CardData
 
+TEMPLATES = Path(__file__).with_name("templates")
 # transformers.js's dtype -> file name under onnx/ (model{suffix}.onnx); qconv publishes its INT8 pick as q8.
 _JS_DTYPES = {"model": "fp32", "model_fp16": "fp16", "model_q4": "q4", "model_q4f16": "q4f16"}
 
 
-def qconv_snippet(data: _CardData, file: str, imports: list[str], body: list[str]) -> list[str]:
-    """A qconv snippet: from the Hub, only the files qconv needs (manifest, tokenizer, the one graph)."""
+def qconv_where(data: _CardData, file: str) -> str:
+    """Where a qconv snippet finds the artifact: from the Hub, only the files qconv needs (manifest, tokenizer,
+    the one graph); else its local path."""
     if data.hub_id:
-        imports = [*imports, "from huggingface_hub import snapshot_download"]
-        where = f'path = snapshot_download("{data.hub_id}", allow_patterns=["*.json", "*.txt", "{file}*"])'
-    else:
-        where = f'path = "{data.model_ref}"'
-    return ["```python", *imports, "", where, *body, "```"]
+        return f'path = snapshot_download("{data.hub_id}", allow_patterns=["*.json", "*.txt", "{file}*"])'
+    return f'path = "{data.model_ref}"'
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    # StrictUndefined: a name missing from the context is an error, not an empty string on a published card.
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined, autoescape=False
+    )
+    env.filters["py"] = repr  # a Python literal, as the snippets write strings
+    return env
+
+
+def render_section(template: str, **context) -> str:
+    """A card section from its template under ``templates/``; the card's template puts the blank lines between
+    sections, so the section ends at its last line."""
+    return _environment().get_template(template).render(**context).rstrip("\n")
 
 
 def js_dtype(data: _CardData, variant: str) -> str:

@@ -59,13 +59,13 @@ class Task:
         """A sentence on what the graph's outputs hold (after "Every graph takes ... and returns ...")."""
         return ""
 
-    def card_usage(self, data, variant: str) -> list[str]:
-        """The card's "Usage" section (Markdown lines): snippets that load ``variant``."""
-        return []
+    def card_usage(self, data, variant: str) -> str:
+        """The card's "Usage" section (Markdown): snippets that load ``variant``."""
+        return ""
 
-    def card_prompt(self, data) -> list[str]:
-        """The card's section on the prompt or template the model takes (Markdown lines)."""
-        return []
+    def card_prompt(self, data) -> str:
+        """The card's section (Markdown) on the prompt or template the model takes."""
+        return ""
 
 
 TASKS: dict[str, Task] = {}

@@ -57,12 +57,12 @@ class EmbeddingTask(Task):
 
         return outputs_sentence(data)
 
-    def card_usage(self, data, variant: str) -> list[str]:
-        from qconv.hub.usage_embedding import usage_lines
+    def card_usage(self, data, variant: str) -> str:
+        from qconv.hub.usage_embedding import usage
 
-        return usage_lines(data, variant)
+        return usage(data, variant)
 
-    def card_prompt(self, data) -> list[str]:
-        from qconv.hub.usage_embedding import prompt_lines
+    def card_prompt(self, data) -> str:
+        from qconv.hub.usage_embedding import prompts
 
-        return prompt_lines(data)
+        return prompts(data)

@@ -67,12 +67,12 @@ class RerankerTask(Task):
 
         return outputs_sentence(data)
 
-    def card_usage(self, data, variant: str) -> list[str]:
-        from qconv.hub.usage_reranker import usage_lines
+    def card_usage(self, data, variant: str) -> str:
+        from qconv.hub.usage_reranker import usage
 
-        return usage_lines(data, variant)
+        return usage(data, variant)
 
-    def card_prompt(self, data) -> list[str]:
-        from qconv.hub.usage_reranker import template_lines
+    def card_prompt(self, data) -> str:
+        from qconv.hub.usage_reranker import template_section
 
-        return template_lines(data)
+        return template_section(data)
