@@ -17,6 +17,7 @@ from typing import Any
 from qconv.artifact import BASE_VARIANT, Artifact, write_text_atomic
 from qconv.errors import QconvError
 from qconv.hub.reproduce import _NON_BUILD_STAGES, _reproduce_section, reproduce_commands  # noqa: F401
+from qconv.hub.snippets import TEMPLATES
 from qconv.tasks import task_of
 from qconv.validate.report import format_interval
 
@@ -439,7 +440,7 @@ def render_model_card(art: Artifact, model_id: str | None = None, base_model: st
     card = ModelCard.from_template(
         metadata,
         # read here, as UTF-8 (the template has Δ and −): from_template would read it in the locale's encoding
-        template_str=(Path(__file__).with_name("templates") / TEMPLATE_FILE).read_text(encoding="utf-8"),
+        template_str=(TEMPLATES / TEMPLATE_FILE).read_text(encoding="utf-8"),
         # The front matter is dumped by qconv, not by ModelCardData.to_yaml: huggingface_hub's dumper folds
         # lines at 80 columns, and the card keeps its keys in one order.
         front_matter=front,
