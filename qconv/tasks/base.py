@@ -47,6 +47,26 @@ class Task:
         """What the artifact is for, in a few words ("sentence embeddings")."""
         return self.name
 
+    # -- model card (qconv/hub/card.py renders the card; these hooks give its task-specific parts) ---------
+    # model-index ``task`` of a validation result on this task's datasets: (type, name) as the Hub lists them.
+    model_index_task: ClassVar[tuple[str, str]] = ("other", "Other")
+
+    def card_metadata(self, manifest: dict) -> tuple[str | None, str | None, list[str]]:
+        """(library_name, pipeline_tag, task tags) of the card's YAML metadata."""
+        return None, None, [self.name]
+
+    def card_outputs(self, data) -> str:
+        """A sentence on what the graph's outputs hold (after "Every graph takes ... and returns ...")."""
+        return ""
+
+    def card_usage(self, data, variant: str) -> str:
+        """The card's "Usage" section (Markdown): snippets that load ``variant``."""
+        return ""
+
+    def card_prompt(self, data) -> str:
+        """The card's section (Markdown) on the prompt or template the model takes."""
+        return ""
+
 
 TASKS: dict[str, Task] = {}
 

@@ -41,3 +41,28 @@ class EmbeddingTask(Task):
 
     def describe(self, manifest: dict) -> str:
         return "sentence embeddings"
+
+    # -- model card -------------------------------------------------------------------------------------
+    model_index_task = ("sentence-similarity", "Semantic Textual Similarity")
+
+    def card_metadata(self, manifest: dict) -> tuple[str | None, str | None, list[str]]:
+        return (
+            "sentence-transformers",
+            "sentence-similarity",
+            ["sentence-transformers", "sentence-similarity", "feature-extraction"],
+        )
+
+    def card_outputs(self, data) -> str:
+        from qconv.hub.usage_embedding import outputs_sentence
+
+        return outputs_sentence(data)
+
+    def card_usage(self, data, variant: str) -> str:
+        from qconv.hub.usage_embedding import usage
+
+        return usage(data, variant)
+
+    def card_prompt(self, data) -> str:
+        from qconv.hub.usage_embedding import prompts
+
+        return prompts(data)

@@ -48,3 +48,31 @@ class RerankerTask(Task):
     def describe(self, manifest: dict) -> str:
         fmt = (manifest.get("reranker") or {}).get("format", "seq-cls")
         return f"reranking ({fmt} format)"
+
+    # -- model card -------------------------------------------------------------------------------------
+    model_index_task = ("text-ranking", "Reranking")
+
+    def card_metadata(self, manifest: dict) -> tuple[str | None, str | None, list[str]]:
+        if (manifest.get("reranker") or {}).get("format") == "seq-cls":
+            # The one-logit head loads in sentence-transformers' CrossEncoder (chat_template.jinja).
+            return (
+                "sentence-transformers",
+                "text-ranking",
+                ["sentence-transformers", "cross-encoder", "reranker", "text-ranking"],
+            )
+        return "transformers", "text-ranking", ["reranker", "text-ranking"]
+
+    def card_outputs(self, data) -> str:
+        from qconv.hub.usage_reranker import outputs_sentence
+
+        return outputs_sentence(data)
+
+    def card_usage(self, data, variant: str) -> str:
+        from qconv.hub.usage_reranker import usage
+
+        return usage(data, variant)
+
+    def card_prompt(self, data) -> str:
+        from qconv.hub.usage_reranker import template_section
+
+        return template_section(data)
