@@ -66,25 +66,10 @@ def calibration_source(path: str | Path | None) -> str:
 def calibration_batches(art, pairs, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
     """ONNX feeds (input_ids, attention_mask) for the pairs, tokenized as the artifact's runtime does."""
     from qconv.runtime.template import pad_batch
+    from qconv.tasks import task_of
 
-    if art.task == "embedding":
-        from qconv.runtime.embedder import load_fast_tokenizer
-
-        settings = art.manifest["embedding"]
-        prompt = (settings.get("prompts") or {}).get("query", "")
-        texts = [prompt + q for q, _ in pairs] + [d for _, d in pairs if d]
-        tokenizer = load_fast_tokenizer(
-            art.path, padding_side=settings["padding_side"], max_length=settings["max_length"]
-        )
-        pad_id, side = tokenizer.padding["pad_id"], settings["padding_side"]
-        tokenizer.no_padding()
-        sequences = [e.ids for e in tokenizer.encode_batch(texts)]
-    else:
-        from qconv.runtime.reranker import Reranker
-
-        reranker = Reranker(art)
-        sequences = [reranker.encoder.encode(q, d) for q, d in pairs]
-        pad_id, side = reranker.settings["pad_token_id"], reranker.settings["padding_side"]
+    sequences, pad_id = task_of(art).calibration_sequences(art, pairs)
+    side = art.manifest[art.task]["padding_side"]
     batches = []
     for start in range(0, len(sequences), batch_size):
         ids, mask = pad_batch(sequences[start : start + batch_size], pad_id, side)

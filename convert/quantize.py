@@ -347,52 +347,11 @@ def _matching_nodes(model, patterns: list[str]) -> set[str]:
 
 
 def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
-    """Load the new variant and compare it with its source on built-in inputs: finite, and how close."""
-    import numpy as np
+    """Load the new variant and compare it with its source on built-in inputs: finite, and how close (the
+    artifact's task knows its inputs and its figures)."""
+    from qconv.tasks import task_of
 
-    from qconv.numerics import cosine_rows
-
-    from .parity import PARITY_TEXTS
-    from .seqcls import VERIFY_PAIRS
-
-    def timed(run) -> tuple[object, float]:
-        # Best of three: a rough CPU latency for the record, not a benchmark.
-        best, out = float("inf"), None
-        for _ in range(3):
-            start = time.perf_counter()
-            out = run()
-            best = min(best, time.perf_counter() - start)
-        return out, round(best * 1000, 2)
-
-    if art.task == "embedding":
-        from qconv.runtime.embedder import Embedder
-
-        new_model, old_model = Embedder(art, variant=variant), Embedder(art, variant=source_variant)
-        new, new_ms = timed(lambda: new_model.encode(list(PARITY_TEXTS), batch_size=len(PARITY_TEXTS)))
-        old, old_ms = timed(lambda: old_model.encode(list(PARITY_TEXTS), batch_size=len(PARITY_TEXTS)))
-        cos = cosine_rows(new, old)
-        result = {
-            "against": source_variant,
-            "texts": len(PARITY_TEXTS),
-            "cosine_min": float(cos.min()),
-            "cosine_mean": float(cos.mean()),
-            "max_abs_diff": float(np.abs(new - old).max()),
-        }
-    else:
-        from qconv.runtime.reranker import Reranker
-
-        new_model, old_model = Reranker(art, variant=variant), Reranker(art, variant=source_variant)
-        seqs = [new_model.encoder.encode(q, d) for q, d in VERIFY_PAIRS]
-        new, new_ms = timed(lambda: new_model.score_ids(seqs, batch_size=len(seqs)))
-        old, old_ms = timed(lambda: old_model.score_ids(seqs, batch_size=len(seqs)))
-        result = {"against": source_variant, "pairs": len(seqs), "max_abs_score_diff": float(np.abs(new - old).max())}
-    result.update(
-        finite=bool(np.isfinite(new).all()),
-        latency_ms=new_ms,
-        source_latency_ms=old_ms,
-        latency_note="one batch of the built-in inputs on CPU, best of 3",
-    )
-    return result
+    return task_of(art).compare_variants(art, variant, source_variant)
 
 
 RECOVERY_MODES = ("int8", "q8")  # modes that --smooth / --recover apply to

@@ -45,10 +45,11 @@ class CalibrationSet:
 
     @classmethod
     def build(cls, art, src: Path, pairs, source: str) -> CalibrationSet:
+        from qconv.tasks import task_of
+
         from .calibration import calibration_batches
 
-        output = "sentence_embedding" if art.task == "embedding" else "logits"
-        calib = cls(calibration_batches(art, pairs), output, source=source)
+        calib = cls(calibration_batches(art, pairs), task_of(art).output, source=source)
         calib.reference = calib.outputs(src)
         return calib
 
@@ -190,16 +191,16 @@ def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
     from qconv.numerics import cosine_rows
     from qconv.runtime.embedder import open_session
     from qconv.runtime.template import pad_batch
+    from qconv.tasks import task_of
 
     from .calibration import CALIBRATION_PAIRS, calibration_batches
 
-    pairs = CALIBRATION_PAIRS[:6]
-    if art.task == "embedding":
-        pairs = [(query, "") for query, _ in pairs]  # one text each
+    task = task_of(art)
+    pairs = task.one_input_pairs(CALIBRATION_PAIRS[:6])
     singles = [calibration_batches(art, [p], batch_size=1)[0] for p in pairs]
     sequences = [s["input_ids"][0][s["attention_mask"][0].astype(bool)] for s in singles]
-    pad_id = _pad_id(art)
-    output = "sentence_embedding" if art.task == "embedding" else "logits"
+    pad_id = task.pad_id(art)
+    output = task.output
     session = open_session(path, ["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
 
@@ -229,16 +230,6 @@ def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
         result["source_alone_vs_batch"] = reference["alone_vs_batch"]
         result["source_left_vs_right"] = reference["left_vs_right"]
     return result
-
-
-def _pad_id(art) -> int:
-    if art.task == "reranker":
-        return int(art.manifest["reranker"]["pad_token_id"])
-    from qconv.runtime.embedder import load_fast_tokenizer
-
-    settings = art.manifest["embedding"]
-    tokenizer = load_fast_tokenizer(art.path, padding_side=settings["padding_side"], max_length=8)
-    return int(tokenizer.padding["pad_id"])
 
 
 @dataclass

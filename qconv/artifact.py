@@ -57,20 +57,10 @@ def _legacy_beside(name: str) -> re.Pattern:
 
 
 # What every reader of a manifest relies on: a hand-edited or damaged manifest is named up front, not a KeyError.
+# The task's own section lists its keys in its Task (``manifest_keys``, qconv/tasks).
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "": ("task", "source", "variants"),
     "source": ("model", "kind", "content_sha256"),
-    "embedding": ("pooling", "normalize", "dimension", "padding_side", "max_length"),
-    "reranker": (
-        "format",
-        "padding_side",
-        "max_length",
-        "template",
-        "instruction",
-        "yes_token_id",
-        "no_token_id",
-        "pad_token_id",
-    ),
 }
 
 
@@ -447,14 +437,18 @@ class Artifact:
 
 def check_manifest(manifest: dict[str, Any], where: Path) -> None:
     """Every key qconv reads later is there, with the right shape; else one line naming what is missing."""
-    sections = {"": manifest, "source": manifest.get("source"), manifest.get("task"): manifest.get(manifest["task"])}
-    if manifest["task"] not in ("embedding", "reranker"):
-        raise QconvError(f"{where}: unknown task '{manifest['task']}' (embedding or reranker)")
+    from qconv.tasks import TASKS  # here, not at the top: task modules may import the artifact core
+
+    task = manifest["task"]
+    if task not in TASKS:
+        raise QconvError(f"{where}: unknown task '{task}' ({' or '.join(TASKS)})")
+    sections = {"": manifest, "source": manifest.get("source"), task: manifest.get(task)}
+    required = {**REQUIRED_KEYS, task: TASKS[task].manifest_keys}
     for name, section in sections.items():
         label = f"'{name}'" if name else "the manifest"
         if not isinstance(section, dict):
             raise QconvError(f"{where} is damaged: {label} is missing or not an object; re-export the artifact")
-        missing = [key for key in REQUIRED_KEYS[name] if key not in section]
+        missing = [key for key in required[name] if key not in section]
         if missing:
             raise QconvError(f"{where} is damaged: {label} lacks {', '.join(missing)}; re-export the artifact")
     variants = manifest["variants"]
@@ -466,7 +460,7 @@ def check_manifest(manifest: dict[str, Any], where: Path) -> None:
 
 
 def open_artifact(artifact: "Artifact | str | Path", task: str) -> "Artifact":
-    """An artifact that must be of ``task`` (embedding or reranker)."""
+    """An artifact that must be of ``task`` (a name in qconv.tasks.TASKS)."""
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
     if art.task != task:
         article = "an" if task[0] in "aeiou" else "a"

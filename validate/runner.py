@@ -1,4 +1,8 @@
-"""What every validation shares: thresholds, report files, manifest update, summary, the exit gate."""
+"""What every validation shares: thresholds, report files, manifest update, summary, the exit gate.
+
+The task-specific validations (validate/embedding.py, validate/rerank.py) build on this module; it never
+imports them: ``validate_dataset`` reaches them through the task registry (qconv/tasks).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,12 @@ from rich.table import Table
 from qconv.artifact import REPORTS_DIR, Artifact, now_iso
 from qconv.console import console
 from qconv.errors import GateFailed, QconvError
+from qconv.tasks import task_for_dataset_kind
 
 from . import metrics
 from .datasets import DatasetSpec, dataset_spec
 from .report import Figure, write_report
 from .thresholds import check, thresholds_for
-
-TASK_OF_KIND = {"pairs": "embedding", "rerank": "reranker"}
 
 
 def _a(word: str) -> str:
@@ -38,7 +41,7 @@ def check_validation_request(art: Artifact, dataset: str, limit: int | None = No
     """What can be checked about a validation before any work (e.g. before ``quantize --validate`` writes its
     variant): the dataset exists, fits the artifact's task, and ``limit`` is a positive count."""
     spec = dataset_spec(dataset)
-    needed = TASK_OF_KIND[spec.kind]
+    needed = task_for_dataset_kind(spec.kind).name
     if art.task != needed:
         raise QconvError(f"dataset '{dataset}' needs {_a(needed)} artifact; {art.name} is {_a(art.task)} artifact")
     if limit is not None and limit < 1:
@@ -214,12 +217,7 @@ def print_summary(report: dict, md_path: Path) -> None:
 
 
 def validate_dataset(art: Artifact | str | Path, dataset: str, **options) -> dict:
-    """Validate on any dataset: the embedding or the reranker path, by the dataset's kind. Never raises on a
+    """Validate on any dataset: the validation of the task whose datasets are of its kind. Never raises on a
     failed gate (the report says ``passed: false``); callers decide the exit status."""
-    if dataset_spec(dataset).kind == "rerank":
-        from .rerank import validate_reranker
-
-        return validate_reranker(art, dataset, raise_on_fail=False, **options)
-    from .embedding import validate_embedding
-
-    return validate_embedding(art, dataset, raise_on_fail=False, **options)
+    task = task_for_dataset_kind(dataset_spec(dataset).kind)
+    return task.validate(art, dataset, raise_on_fail=False, **options)

@@ -18,9 +18,11 @@ import numpy as np
 from qconv.artifact import Artifact, now_iso, package_versions, write_json_atomic
 from qconv.console import console
 from qconv.errors import QconvError
+from qconv.tasks import task_of
 from qconv.testing.testmodels import is_random_weight_model
 
 MLP_MATRICES = {"qwen3": 3, "bert": 2}  # SwiGLU has gate, up and down projections; BERT's MLP has two
+RUN_ONLY_META = ("lm_head", "speedup_key")  # a run's metadata the runner reads, not copied into its rows
 
 
 def cpu_description() -> str:
@@ -77,6 +79,79 @@ def _parse_ints(value: str | list[int], what: str) -> list[int]:
     return items
 
 
+def plan_runs(
+    art: Artifact,
+    chosen: list[str],
+    common: dict,
+    providers: list[str],
+    baseline: str,
+    seq_lens: list[int],
+    documents: int,
+) -> tuple[list[tuple[str, dict, dict]], list[str]]:
+    """Every runtime to measure as (label, worker spec, row metadata), and notes on what is not measured.
+    The artifact's task says what a worker runs: its graph output, its PyTorch baseline and any extra run."""
+    task = task_of(art)
+    lm_head = task.bench_lm_head(art.manifest)
+    runs: list[tuple[str, dict, dict]] = []
+    for v in chosen:
+        entry = art.variants[v]
+        spec = {
+            **common,
+            "runtime": "onnx",
+            "model_path": str(art.variant_path(v)),
+            "providers": providers,
+            "output": task.output,
+        }
+        size = sum(p.stat().st_size for p in art.variant_path(v).parent.glob(Path(entry["file"]).name + "*"))
+        runs.append(
+            (
+                v,
+                spec,
+                {
+                    "kind": "onnx",
+                    "precision": entry.get("precision", "fp32"),
+                    "file_bytes": size,
+                    "lm_head": lm_head,
+                },
+            )
+        )
+    source = art.manifest["source"]
+    source_path = source.get("path") if source.get("kind") == "local" else None
+    notes = []
+    if baseline == "torch":
+        local = source_path and Path(source_path).is_dir() and source.get("format", "causal-lm") != "seq-cls"
+        if not task.torch_model:
+            notes.append(f"PyTorch baseline not measured: the {task.name} task declares none.")
+        elif local:
+            base = {
+                **common,
+                "runtime": "torch",
+                "source": source_path,
+                "torch_model": task.torch_model,
+                "torch_call": task.torch_call,
+            }
+            runs.append(
+                ("torch-fp32", {**base, "dtype": "float32"}, {"kind": "torch", "precision": "fp32", "lm_head": False})
+            )
+            if cpu_has_bf16():
+                runs.append(
+                    (
+                        "torch-bf16",
+                        {**base, "dtype": "bfloat16"},
+                        {"kind": "torch", "precision": "bf16", "lm_head": False},
+                    )
+                )
+            else:
+                notes.append("PyTorch bf16 not measured: this CPU has neither avx512_bf16 nor AMX.")
+            runs += task.bench_extra_runs(base, seq_lens, documents)
+        else:
+            notes.append(
+                "PyTorch baseline not measured: the source model is not a local causal LM / base model "
+                "directory recorded in the manifest."
+            )
+    return runs, notes
+
+
 def bench(
     artifact: Artifact | str | Path,
     *,
@@ -110,71 +185,10 @@ def bench(
     threads = threads or os.cpu_count() or 1
     provider_list = resolve_providers(providers)
     config = json.loads((art.path / "config.json").read_text())
-    reranker = art.task == "reranker"
-    causal_format = reranker and art.manifest["reranker"]["format"] == "causal-lm"
     common = {"threads": threads, "vocab": config["vocab_size"], "shapes": shapes, "warmup": warmup, "repeats": repeats}
-    runs: list[tuple[str, dict, dict]] = []
-    for v in chosen:
-        entry = art.variants[v]
-        spec = {
-            **common,
-            "runtime": "onnx",
-            "model_path": str(art.variant_path(v)),
-            "providers": provider_list,
-            "output": "logits" if reranker else "sentence_embedding",
-        }
-        size = sum(p.stat().st_size for p in art.variant_path(v).parent.glob(Path(entry["file"]).name + "*"))
-        runs.append(
-            (
-                v,
-                spec,
-                {
-                    "kind": "onnx",
-                    "precision": entry.get("precision", "fp32"),
-                    "file_bytes": size,
-                    "lm_head": causal_format,
-                },
-            )
-        )
+    runs, notes = plan_runs(art, chosen, common, provider_list, baseline, _parse_ints(seq_lens, "seq-lens"), documents)
     source = art.manifest["source"]
     source_path = source.get("path") if source.get("kind") == "local" else None
-    notes = []
-    if baseline == "torch":
-        if source_path and Path(source_path).is_dir() and source.get("format", "causal-lm") != "seq-cls":
-            torch_kind = "causal-lm" if reranker else "embedding"
-            base = {**common, "runtime": "torch", "source": source_path, "torch_kind": torch_kind}
-            runs.append(
-                ("torch-fp32", {**base, "dtype": "float32"}, {"kind": "torch", "precision": "fp32", "lm_head": False})
-            )
-            if cpu_has_bf16():
-                runs.append(
-                    (
-                        "torch-bf16",
-                        {**base, "dtype": "bfloat16"},
-                        {"kind": "torch", "precision": "bf16", "lm_head": False},
-                    )
-                )
-            else:
-                notes.append("PyTorch bf16 not measured: this CPU has neither avx512_bf16 nor AMX.")
-            if reranker:
-                per_doc_shapes = [(documents, s) for s in _parse_ints(seq_lens, "seq-lens")]
-                runs.append(
-                    (
-                        "torch-causal-lm-per-document",
-                        {**base, "torch_kind": "causal-lm-per-document", "shapes": per_doc_shapes, "dtype": "float32"},
-                        {
-                            "kind": "torch",
-                            "precision": "fp32",
-                            "lm_head": True,
-                            "note": f"the causal LM scoring {documents} documents one call each",
-                        },
-                    )
-                )
-        else:
-            notes.append(
-                "PyTorch baseline not measured: the source model is not a local causal LM / base model "
-                "directory recorded in the manifest."
-            )
     if is_random_weight_model(source_path):
         notes.append(
             "Random weights (qconv testmodel / demo model): speed and memory do not depend on weight "
@@ -192,7 +206,7 @@ def bench(
             rows.append(
                 {
                     "runtime": label,
-                    **{k: v for k, v in meta.items() if k != "lm_head"},
+                    **{k: v for k, v in meta.items() if k not in RUN_ONLY_META},
                     "batch": shape["batch"],
                     "seq": shape["seq"],
                     "throughput": shape["batch"] / median,
@@ -209,11 +223,12 @@ def bench(
     for r in rows:
         ref = baseline_rows.get((r["batch"], r["seq"]))
         r["vs_torch_fp32"] = r["throughput"] / ref if ref else None
-    if reranker:
-        loop = {r["seq"]: r for r in rows if r["runtime"] == "torch-causal-lm-per-document"}
-        for r in rows:
-            if r["seq"] in loop and r["runtime"] != "torch-causal-lm-per-document":
-                r["vs_causal_lm_per_document"] = r["throughput"] / loop[r["seq"]]["throughput"]
+    for label, _, meta in runs:  # a task's extra run that the others are compared with (bench_extra_runs)
+        if meta.get("speedup_key"):
+            loop = {r["seq"]: r for r in rows if r["runtime"] == label}
+            for r in rows:
+                if r["seq"] in loop and r["runtime"] != label:
+                    r[meta["speedup_key"]] = r["throughput"] / loop[r["seq"]]["throughput"]
     result = {
         "artifact": art.name,
         "task": art.task,
@@ -227,7 +242,7 @@ def bench(
         "packages": package_versions(),
         "providers": provider_list,
         "notes": notes,
-        "unit": "pairs/s" if reranker else "texts/s",
+        "unit": task_of(art).bench_unit,
         "rows": rows,
     }
     with art.staged_outputs() as stage:  # the reports and the manifest in one step
@@ -310,4 +325,4 @@ def _plot(path: Path, result: dict) -> None:
     plt.close(fig)
 
 
-__all__ = ["bench", "flops_per_token"]
+__all__ = ["bench", "flops_per_token", "plan_runs"]

@@ -49,34 +49,46 @@ def _onnx_runner(spec: dict):
     return make
 
 
+def _last_token_hidden(model, ids, mask):
+    # A base model's hidden state at the last position: what last-token pooling reads.
+    return model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+
+
+def _last_logits(model, ids, mask):
+    # A causal LM's logits at the last position only.
+    return model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits
+
+
+def _logits_per_row(model, ids, mask):
+    # A causal LM on one row per call, full logits: how most users score documents, one at a time.
+    return [
+        model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1], use_cache=False).logits
+        for i in range(ids.shape[0])
+    ]
+
+
+# How a baseline's transformers model is run on one batch: a task's ``torch_call`` (qconv/tasks) names one.
+CALLS = {"last_token_hidden": _last_token_hidden, "last_logits": _last_logits, "logits_per_row": _logits_per_row}
+
+
 def _torch_runner(spec: dict):
+    import importlib
+
     import torch
 
     torch.set_num_threads(spec["threads"])
     dtype = getattr(torch, spec.get("dtype", "float32"))
-    kind = spec["torch_kind"]
-    if kind == "embedding":
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(spec["source"], dtype=dtype, use_safetensors=True).eval()
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(spec["source"], dtype=dtype, use_safetensors=True).eval()
+    module, _, name = spec["torch_model"].rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    model = model_class.from_pretrained(spec["source"], dtype=dtype, use_safetensors=True).eval()
+    call = CALLS[spec["torch_call"]]
 
     def make(feeds):
         ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
 
         def run():
             with torch.inference_mode():
-                if kind == "embedding":
-                    return model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
-                if kind == "causal-lm-per-document":  # how most users score today: one document per call
-                    return [
-                        model(input_ids=ids[i : i + 1], attention_mask=mask[i : i + 1], use_cache=False).logits
-                        for i in range(ids.shape[0])
-                    ]
-                return model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits
+                return call(model, ids, mask)
 
         return run
 

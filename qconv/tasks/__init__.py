@@ -8,9 +8,9 @@ and torch-free.
 
 from __future__ import annotations
 
-from .base import TASKS, Task, get_task, register_task, task_of
+from .base import TASKS, Task, get_task, register_task, task_for_dataset_kind, task_of
 
 # The built-in tasks register themselves on import.
 from . import embedding, reranker  # noqa: E402,F401  isort: skip
 
-__all__ = ["TASKS", "Task", "get_task", "register_task", "task_of"]
+__all__ = ["TASKS", "Task", "get_task", "register_task", "task_for_dataset_kind", "task_of"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qconv.errors import QconvError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from qconv.artifact import Artifact
 
 
@@ -32,10 +36,42 @@ class Task:
 
     # -- runtime and parity -----------------------------------------------------------------------------
     def compare_variants(self, art: Artifact, variant: str, source_variant: str) -> dict:
-        """Run both variants on built-in inputs: the quantize/optimize check (finite, close, latency)."""
+        """Run both variants on built-in inputs: the quantize/optimize check (finite, close, latency).
+
+        Generic over ``parity_runner`` and ``parity_figures``; a task with another notion of "close"
+        overrides those two, not this."""
+        import time
+
+        import numpy as np
+
+        def timed(run) -> tuple[Any, float]:
+            # Best of three: a rough CPU latency for the record, not a benchmark.
+            best, out = float("inf"), None
+            for _ in range(3):
+                start = time.perf_counter()
+                out = run()
+                best = min(best, time.perf_counter() - start)
+            return out, round(best * 1000, 2)
+
+        # Both variants are loaded before either is timed, so neither timing includes the other's load.
+        run_new, run_old = self.parity_runner(art, variant), self.parity_runner(art, source_variant)
+        new, new_ms = timed(run_new)
+        old, old_ms = timed(run_old)
+        result = {"against": source_variant, **self.parity_figures(new, old)}
+        result.update(
+            finite=bool(np.isfinite(new).all()),
+            latency_ms=new_ms,
+            source_latency_ms=old_ms,
+            latency_note="one batch of the built-in inputs on CPU, best of 3",
+        )
+        return result
+
+    def parity_runner(self, art: Artifact, variant: str) -> Callable[[], np.ndarray]:
+        """Load ``variant`` through the task's runtime; the callable runs it on the task's built-in inputs."""
         raise NotImplementedError
 
-    def calibration_texts(self, art: Artifact, pairs) -> list[str]:
+    def parity_figures(self, new: np.ndarray, old: np.ndarray) -> dict:
+        """How close a variant's outputs on the built-in inputs are to its source's (the input count first)."""
         raise NotImplementedError
 
     # -- validation -------------------------------------------------------------------------------------
@@ -67,6 +103,51 @@ class Task:
         """The card's section (Markdown) on the prompt or template the model takes."""
         return ""
 
+    # -- manifest ---------------------------------------------------------------------------------------
+    # The keys of the manifest section named after the task that every reader relies on (qconv/artifact.py
+    # names a missing one up front instead of failing later with a KeyError).
+    manifest_keys: ClassVar[tuple[str, ...]] = ()
+
+    # -- calibration (SmoothQuant scales, --keep sensitivity, --recover) ---------------------------------
+    def calibration_sequences(self, art: Artifact, pairs: Sequence[tuple[str, str]]) -> tuple[list, int]:
+        """Token ids of the calibration (query, document) pairs as the task's runtime tokenizes them, and the
+        pad id that batches them (convert/calibration.py pads them on the manifest's padding side)."""
+        raise NotImplementedError
+
+    def one_input_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Calibration pairs reduced so that each makes exactly one input sequence (the batch-coupling
+        measurement compares a text alone with the same text in a batch)."""
+        return list(pairs)
+
+    def pad_id(self, art: Artifact) -> int:
+        """The token id the runtime pads batches with."""
+        raise NotImplementedError
+
+    # -- bench (qconv/bench: the spec each worker subprocess gets) ---------------------------------------
+    bench_unit: ClassVar[str] = "texts/s"  # what one row of a batch is, per second
+    # The PyTorch baseline: a transformers class path ("transformers.AutoModel") and how the worker calls
+    # it (a key of qconv.bench.worker.CALLS). None: no baseline for this task.
+    torch_model: ClassVar[str | None] = None
+    torch_call: ClassVar[str | None] = None
+
+    def bench_lm_head(self, manifest: dict) -> bool:
+        """Whether the ONNX graph computes an LM head (counted in the FLOP figures)."""
+        return False
+
+    def bench_extra_runs(self, base: dict, seq_lens: list[int], documents: int) -> list[tuple[str, dict, dict]]:
+        """More PyTorch runs (label, worker spec, row metadata) beside fp32/bf16, built on the baseline's
+        spec ``base``. Metadata ``speedup_key``: every other row gets its throughput over this run's under
+        that key (same sequence length)."""
+        return []
+
+    # -- test models (qconv testmodel create, the demo, the tests) ---------------------------------------
+    testmodel_class: ClassVar[str | None] = None  # transformers class of its random test model; None: none
+    demo_recipe: ClassVar[str | None] = None  # its bundled demo recipe (qconv/recipes), if it has one
+
+    def create_testmodel(self, out: Path, *, shape, seed: int, outliers: bool) -> Path:
+        """Write a random-weight checkpoint of this task's model (qconv/testing/testmodels.py)."""
+        raise QconvError(f"qconv has no test model for the {self.name} task")
+
 
 TASKS: dict[str, Task] = {}
 
@@ -88,3 +169,11 @@ def get_task(name: str) -> Task:
 
 def task_of(art: Artifact) -> Task:
     return get_task(art.task)
+
+
+def task_for_dataset_kind(kind: str) -> Task:
+    """The task whose validation datasets are of ``kind`` (a DatasetSpec.kind)."""
+    for task in TASKS.values():
+        if task.dataset_kind == kind:
+            return task
+    raise QconvError(f"no task validates datasets of kind '{kind}' (qconv knows {', '.join(TASKS)})")

@@ -66,3 +66,61 @@ class EmbeddingTask(Task):
         from qconv.hub.usage_embedding import prompts
 
         return prompts(data)
+
+    manifest_keys = ("pooling", "normalize", "dimension", "padding_side", "max_length")
+
+    def parity_runner(self, art, variant: str):
+        from qconv.convert.parity import PARITY_TEXTS
+        from qconv.runtime.embedder import Embedder
+
+        model, texts = Embedder(art, variant=variant), list(PARITY_TEXTS)
+        return lambda: model.encode(texts, batch_size=len(texts))
+
+    def parity_figures(self, new, old) -> dict:
+        import numpy as np
+
+        from qconv.numerics import cosine_rows
+
+        cos = cosine_rows(new, old)
+        return {
+            "texts": len(new),
+            "cosine_min": float(cos.min()),
+            "cosine_mean": float(cos.mean()),
+            "max_abs_diff": float(np.abs(new - old).max()),
+        }
+
+    def calibration_sequences(self, art, pairs) -> tuple[list, int]:
+        # Queries get the artifact's query prompt, documents none: how retrieval embeds them.
+        from qconv.runtime.embedder import load_fast_tokenizer
+
+        settings = art.manifest["embedding"]
+        prompt = (settings.get("prompts") or {}).get("query", "")
+        texts = [prompt + q for q, _ in pairs] + [d for _, d in pairs if d]
+        tokenizer = load_fast_tokenizer(
+            art.path, padding_side=settings["padding_side"], max_length=settings["max_length"]
+        )
+        pad_id = tokenizer.padding["pad_id"]
+        tokenizer.no_padding()
+        return [e.ids for e in tokenizer.encode_batch(texts)], pad_id
+
+    def one_input_pairs(self, pairs) -> list[tuple[str, str]]:
+        return [(query, "") for query, _ in pairs]  # an empty document adds no text: one text each
+
+    def pad_id(self, art) -> int:
+        from qconv.runtime.embedder import load_fast_tokenizer
+
+        settings = art.manifest["embedding"]
+        tokenizer = load_fast_tokenizer(art.path, padding_side=settings["padding_side"], max_length=8)
+        return int(tokenizer.padding["pad_id"])
+
+    bench_unit = "texts/s"
+    torch_model = "transformers.AutoModel"
+    torch_call = "last_token_hidden"
+
+    testmodel_class = "Qwen3Model"
+    demo_recipe = "demo.yaml"
+
+    def create_testmodel(self, out, *, shape, seed: int, outliers: bool):
+        from qconv.testing.testmodels import create_qwen3_embedding
+
+        return create_qwen3_embedding(out, shape=shape, seed=seed, outliers=outliers)

@@ -76,3 +76,70 @@ class RerankerTask(Task):
         from qconv.hub.usage_reranker import template_section
 
         return template_section(data)
+
+    manifest_keys = (
+        "format",
+        "padding_side",
+        "max_length",
+        "template",
+        "instruction",
+        "yes_token_id",
+        "no_token_id",
+        "pad_token_id",
+    )
+
+    def parity_runner(self, art, variant: str):
+        from qconv.convert.seqcls import VERIFY_PAIRS
+        from qconv.runtime.reranker import Reranker
+
+        model = Reranker(art, variant=variant)
+        sequences = [model.encoder.encode(q, d) for q, d in VERIFY_PAIRS]
+        return lambda: model.score_ids(sequences, batch_size=len(sequences))
+
+    def parity_figures(self, new, old) -> dict:
+        import numpy as np
+
+        return {"pairs": len(new), "max_abs_score_diff": float(np.abs(new - old).max())}
+
+    def calibration_sequences(self, art, pairs) -> tuple[list, int]:
+        # Each pair through the reranker's template: the sequences it scores.
+        from qconv.runtime.reranker import Reranker
+
+        reranker = Reranker(art)
+        return [reranker.encoder.encode(q, d) for q, d in pairs], reranker.settings["pad_token_id"]
+
+    def pad_id(self, art) -> int:
+        return int(art.manifest["reranker"]["pad_token_id"])
+
+    bench_unit = "pairs/s"
+    # The baseline is the causal LM the seq-cls head is cut from: its last position's logits.
+    torch_model = "transformers.AutoModelForCausalLM"
+    torch_call = "last_logits"
+
+    def bench_lm_head(self, manifest: dict) -> bool:
+        return manifest["reranker"]["format"] == "causal-lm"
+
+    def bench_extra_runs(self, base: dict, seq_lens: list[int], documents: int) -> list[tuple[str, dict, dict]]:
+        # How most users score today: the causal LM, one document per call.
+        spec = {
+            **base,
+            "torch_call": "logits_per_row",
+            "shapes": [(documents, s) for s in seq_lens],
+            "dtype": "float32",
+        }
+        meta = {
+            "kind": "torch",
+            "precision": "fp32",
+            "lm_head": True,
+            "note": f"the causal LM scoring {documents} documents one call each",
+            "speedup_key": "vs_causal_lm_per_document",
+        }
+        return [("torch-causal-lm-per-document", spec, meta)]
+
+    testmodel_class = "Qwen3ForCausalLM"
+    demo_recipe = "demo-reranker.yaml"
+
+    def create_testmodel(self, out, *, shape, seed: int, outliers: bool):
+        from qconv.testing.testmodels import create_qwen3_reranker
+
+        return create_qwen3_reranker(out, shape=shape, seed=seed, outliers=outliers)

@@ -12,25 +12,33 @@ from pathlib import Path
 
 from qconv.console import console
 from qconv.errors import GateFailed, QconvError
+from qconv.tasks import TASKS
 from qconv.testing.testmodels import RANDOM_WEIGHTS_NOTE
 
-DEMO_RECIPES = {"embedding": "demo.yaml", "reranker": "demo-reranker.yaml"}
-DEMO_TASKS = (*DEMO_RECIPES, "all")
+
+def demo_recipes() -> dict[str, str]:
+    """Task name -> its bundled demo recipe file name: every registered task that declares one."""
+    return {name: task.demo_recipe for name, task in TASKS.items() if task.demo_recipe}
+
+
+DEMO_RECIPES = demo_recipes()  # the built-in tasks' demos (a task registered later is seen by demo_recipes())
 
 
 def demo_recipe(task: str) -> Path:
     """The bundled recipe file (``recipes/`` in a checkout, ``qconv/recipes`` in an installed wheel)."""
-    return Path(str(resources.files("qconv.recipes") / DEMO_RECIPES[task]))
+    return Path(str(resources.files("qconv.recipes") / demo_recipes()[task]))
 
 
 def run_demo(output_root: str | Path = "artifacts", task: str = "all") -> list[dict]:
     from qconv.pipeline.run import RunOptions, run_recipe
 
-    if task not in DEMO_TASKS:
-        raise QconvError(f"unknown demo task '{task}' (choose {', '.join(DEMO_TASKS)})")
+    recipes = demo_recipes()
+    choices = (*recipes, "all")
+    if task not in choices:
+        raise QconvError(f"unknown demo task '{task}' (choose {', '.join(choices)})")
     console.print(f"[bold yellow]demo models: {RANDOM_WEIGHTS_NOTE}[/]")
     results, failures = [], []
-    for name in DEMO_RECIPES if task == "all" else (task,):
+    for name in recipes if task == "all" else (task,):
         try:
             results.append(run_recipe(demo_recipe(name), RunOptions(offline=True, output=Path(output_root))))
         except GateFailed as exc:  # run the other demo too, then report

@@ -190,11 +190,14 @@ def _write_readme(out: Path, kind: str, seed: int, planted: dict | None) -> None
 
 
 def parameter_count(shape: Qwen3Shape, kind: str) -> int:
-    """Parameters of a shape, counted on the meta device (nothing is allocated)."""
+    """Parameters of a shape as the ``kind`` task's test model (its ``testmodel_class``), counted on the meta
+    device (nothing is allocated)."""
     import torch
-    from transformers import Qwen3ForCausalLM, Qwen3Model
+    import transformers
 
-    cls = Qwen3Model if kind == "embedding" else Qwen3ForCausalLM
+    from qconv.tasks import get_task
+
+    cls = getattr(transformers, get_task(kind).testmodel_class)
     with torch.device("meta"):
         model = cls(_qwen3_config(shape, cls.__name__))
     return sum(p.numel() for p in model.parameters())
@@ -208,12 +211,14 @@ def create_test_model(
     from dataclasses import replace
 
     from qconv.errors import QconvError
+    from qconv.tasks import TASKS
 
     shapes = {"tiny": TINY, **PUBLISHED_SHAPES}
     if shape_name not in shapes:
         raise QconvError(f"unknown shape '{shape_name}' (choose {', '.join(shapes)})")
-    if kind not in ("embedding", "reranker"):
-        raise QconvError(f"unknown kind '{kind}' (choose embedding, reranker)")
+    kinds = [name for name, task in TASKS.items() if task.testmodel_class]  # the tasks that have a test model
+    if kind not in kinds:
+        raise QconvError(f"unknown kind '{kind}' (choose {', '.join(kinds)})")
     shape = shapes[shape_name]
     if layers is not None:
         if not 1 <= layers <= shape.num_hidden_layers:
@@ -224,8 +229,7 @@ def create_test_model(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise QconvError(f"{out} already exists and is not empty")
-    create = create_qwen3_embedding if kind == "embedding" else create_qwen3_reranker
-    create(out, shape=shape, seed=seed, outliers=outliers)
+    TASKS[kind].create_testmodel(out, shape=shape, seed=seed, outliers=outliers)
     note = {
         "shape": shape_name,
         "kind": kind,
