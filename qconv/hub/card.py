@@ -9,6 +9,7 @@ lines that rebuild it. The card has no timestamp, so rendering an unchanged mani
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,26 @@ METRIC_TYPES = {
 }
 # Dataset kind -> (model-index task type, task name).
 TASK_TYPES = {"pairs": ("sentence-similarity", "Semantic Textual Similarity"), "rerank": ("text-ranking", "Reranking")}
-# The execution providers each precision is made for (quantize: int8 for CPUs, q4f16 and fp16 for GPUs).
-TARGET_PROVIDERS = {
-    "fp32": ("CPUExecutionProvider", "CUDAExecutionProvider"),
-    "int8": ("CPUExecutionProvider",),
-    "q8": ("CPUExecutionProvider",),
-    "q4": ("CPUExecutionProvider", "CUDAExecutionProvider"),
-    "q4f16": ("CUDAExecutionProvider",),
-    "fp16": ("CUDAExecutionProvider",),
-}
+class _TargetProviders(Mapping):
+    """The execution providers each precision is made for, as the quantization modes declare them (read when
+    used: a mode registered after this import counts)."""
+
+    def _table(self) -> dict[str, tuple[str, ...]]:
+        from qconv.convert.quantize import target_providers
+
+        return target_providers()
+
+    def __getitem__(self, precision: str) -> tuple[str, ...]:
+        return self._table()[precision]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+TARGET_PROVIDERS = _TargetProviders()
 _TARGETS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
