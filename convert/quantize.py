@@ -56,10 +56,6 @@ def _without_preprocess_advice():
         root.removeFilter(advice_filter)
 
 
-# MatMulNBits accuracy levels: 0 = the kernel's default, 1-4 = fp32, fp16, bf16, int8 compute.
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-
-
 @contextlib.contextmanager
 def _quiet_nbits_quantizer():
     """onnxruntime's 4-bit quantizer calls ``logging.basicConfig(level=INFO)`` when imported and logs one INFO
@@ -347,6 +343,7 @@ class Int8Dynamic(QuantizationMode):
 @dataclass
 class BlockwiseOptions:
     block_size: int = field(default=32, metadata=option("weights per scale.", choices=BLOCK_SIZES))
+    # MatMulNBits accuracy levels: 0 = the kernel's default, 1-4 = fp32, fp16, bf16, int8 compute.
     accuracy_level: int | None = field(
         default=None,
         metadata=option("MatMulNBits compute precision 0-4 [default: the kernel's].", range=(0, 4)),

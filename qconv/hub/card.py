@@ -31,6 +31,8 @@ METRIC_TYPES = {
 }
 # Dataset kind -> (model-index task type, task name).
 TASK_TYPES = {"pairs": ("sentence-similarity", "Semantic Textual Similarity"), "rerank": ("text-ranking", "Reranking")}
+
+
 class _TargetProviders(Mapping):
     """The execution providers each precision is made for, as the quantization modes declare them (read when
     used: a mode registered after this import counts)."""
