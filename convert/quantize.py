@@ -1,24 +1,30 @@
-"""``qconv quantize``: INT8 (CPU), q4 and q4f16 (GPU), fp16 variants beside the others in ``onnx/``.
+"""``qconv quantize``: INT8 (CPU), q8, q4 and q4f16 (GPU), fp16 variants beside the others in ``onnx/``.
 
-Each mode is a small registered pass with declared options (Olive-style); the command writes the new
-variant to a temporary file, checks it loads and stays finite and close to its source variant, and only
-then moves it into place and records the stage in the manifest.
+Each mode is a registered class (``register``) declaring, in one place, its own options as a typed dataclass,
+its default validation gates per task and its target providers; the CLI flags, the recipe's quantize stage,
+the manifest record and the card's reproduce command are generated from that (Olive-style passes). The
+command writes the new variant to a temporary file, checks it loads and stays finite and close to its source
+variant, and only then moves it into place and records the stage in the manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import platform
+import re
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from qconv.artifact import Artifact, new_build_id, variant_file
 from qconv.console import console
 from qconv.errors import QconvError, one_line
+from qconv.pipeline.options import flag_of, option
 
 from .graph_passes import convert_to_fp16, quantize_embedding_gathers, unique_node_names
 from .onnx_graph import read_onnx
@@ -50,10 +56,6 @@ def _without_preprocess_advice():
         root.removeFilter(advice_filter)
 
 
-# MatMulNBits accuracy levels: 0 = the kernel's default, 1-4 = fp32, fp16, bf16, int8 compute.
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-
-
 @contextlib.contextmanager
 def _quiet_nbits_quantizer():
     """onnxruntime's 4-bit quantizer calls ``logging.basicConfig(level=INFO)`` when imported and logs one INFO
@@ -80,33 +82,101 @@ def detect_preset() -> str:
     return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
 
 
+# -- the quantize stage's configuration: common options + each mode's own, declared once -----------------
+
+
 @dataclass
-class QuantizeOptions:
-    per_channel: bool = True
-    preset: str | None = None  # int8: detected from the running CPU when None
-    block_size: int = 32  # q4/q4f16
-    accuracy_level: int | None = None  # q4/q4f16: MatMulNBits compute precision (None: the kernel's default)
-    quantize_embeddings: bool | None = None  # None: the mode's default
-    exclude: list[str] = field(default_factory=list)  # fnmatch patterns over node names, kept full precision
-    smooth: float | str | None = None  # int8/q8: SmoothQuant alpha in (0, 1], or "auto" (search over 0.5-0.9)
-    calibration: str | None = None  # calibration texts file (default: qconv's built-in multilingual pairs)
-    keep: str | None = None  # auto | N | patterns (comma-separated): weight MatMuls kept fp32 by sensitivity
-    recover: str | None = None  # "auto": the recovery ladder, fastest rung that meets the calibration target
+class QuantizeCommonHead:
+    """Options every mode has, before the mode's own (recipe keys, CLI flags and their order)."""
+
+    mode: str = field(default="", metadata=option("Quantization mode."))
+    source: str = field(default="model", metadata=option("Variant to quantize.", key="from"))
+
+
+@dataclass
+class QuantizeCommonTail:
+    """Options every mode has, after the mode's own. A mode may redeclare one to change its default."""
+
+    quantize_embeddings: bool = field(default=False, metadata=option("Also store the embedding table as int8."))
+    exclude: list[str] = field(
+        default_factory=list, metadata=option("Keep nodes whose name matches this pattern in full precision.")
+    )
+    keep: str | None = field(
+        default=None,
+        metadata=option("auto | N | PATTERN[,PATTERN]: weight MatMuls kept fp32 (by sensitivity or by name)."),
+    )
+    recover: Literal["auto"] | None = field(
+        default=None, metadata=option("auto: try int8, +smooth, +keep, q8; keep the fastest that meets the target.")
+    )
+    calibration: str | None = field(
+        default=None, metadata=option("Calibration texts, one per line [default: built-in].", file=True)
+    )
+
+
+class QuantizeConfig:
+    """Base of every mode's generated config dataclass (common head + the mode's options + common tail)."""
+
+    mode: str
+    source: str
+
+
+def _config_class(mode: type[QuantizationMode]) -> type:
+    """The mode's full config: common head, its own options (``mode.options``), common tail, flattened so
+    that the recipe keys, the CLI flags and the stored record read as one mapping."""
+    own = {f.name: f for f in dataclasses.fields(mode.options)} if mode.options else {}
+    own_hints = typing.get_type_hints(mode.options) if mode.options else {}
+    common = []
+    for part in (QuantizeCommonHead, QuantizeCommonTail):
+        hints = typing.get_type_hints(part)
+        common.append([(own.get(f.name, f), own_hints.get(f.name, hints[f.name])) for f in dataclasses.fields(part)])
+    head, tail = common
+    common_names = {f.name for f, _ in head + tail}
+    middle = [(f, own_hints[f.name]) for name, f in own.items() if name not in common_names]
+
+    def spec(f, tp):
+        kwargs = {"metadata": f.metadata}
+        if f.name == "mode":
+            kwargs["default"] = mode.name
+        elif f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default_factory"] = f.default_factory
+        return (f.name, tp, field(**kwargs))
+
+    name = "".join(p.capitalize() for p in re.split(r"[^A-Za-z0-9]", mode.name)) + "Config"
+    config = dataclasses.make_dataclass(name, [spec(f, tp) for f, tp in head + middle + tail], bases=(QuantizeConfig,))
+    config.__module__ = mode.__module__  # the types are resolved already: hints do not depend on it
+    return config
 
 
 class QuantizationMode:
+    """One registered quantization mode: what it makes, the options it takes, the gates its variants meet.
+
+    ``options`` is a dataclass of the mode's own options (fields with ``qconv.pipeline.options.option``
+    metadata: help, allowed values, range); the common options are added around it (``config``, built at
+    registration). ``gates``: task -> default validation gates (``qconv.validate.thresholds.GATES`` names);
+    a task the mode declares none for cannot validate its variants. ``providers``: the execution providers
+    its variants are made for (the card).
+    """
+
     name: ClassVar[str]
     precision: ClassVar[str]
     converter: ClassVar[str]
-    embeddings_by_default: ClassVar[bool] = False
+    description: ClassVar[str]  # a few words for --mode's help
+    options: ClassVar[type | None] = None
+    gates: ClassVar[dict[str, dict[str, float]]] = {}
+    providers: ClassVar[tuple[str, ...]] = ("CPUExecutionProvider",)
+    # Activations quantized at run time over a batch: a text's output depends on its batch (measured).
+    batch_coupled: ClassVar[bool] = False
+    config: ClassVar[type]
 
-    def variant(self, options: QuantizeOptions) -> str:
+    def variant(self, config) -> str:
         return self.name
 
-    def validate_options(self, options: QuantizeOptions) -> None:
-        pass
+    def resolve(self, config) -> None:
+        """Fill in what depends on the machine and check what no declaration can (before any work)."""
 
-    def run(self, model, src: Path, options: QuantizeOptions, excluded: set[str], work: Path) -> tuple[object, dict]:
+    def run(self, model, src: Path, config, excluded: set[str], work: Path) -> tuple[object, dict]:
         raise NotImplementedError
 
 
@@ -114,8 +184,100 @@ MODES: dict[str, QuantizationMode] = {}
 
 
 def register(cls: type[QuantizationMode]) -> type[QuantizationMode]:
+    """Class decorator: the mode's config class is generated and its gates checked here, once."""
+    from qconv.validate.thresholds import check_gates
+
+    if cls.name in MODES:
+        raise ValueError(f"quantization mode '{cls.name}' is registered twice")
+    for task, gates in cls.gates.items():
+        check_gates(task, gates, f"--mode {cls.name}")
+    cls.config = _config_class(cls)
     MODES[cls.name] = cls()
     return cls
+
+
+def unregister(name: str) -> None:
+    MODES.pop(name)
+
+
+def get_mode(name: str) -> QuantizationMode:
+    if name not in MODES:
+        raise QconvError(f"unknown mode '{name}' (choose {', '.join(MODES)})")
+    return MODES[name]
+
+
+def owners_of(name: str) -> list[str]:
+    """The modes whose config declares an option."""
+    return [m.name for m in MODES.values() if name in {f.name for f in dataclasses.fields(m.config)}]
+
+
+def configure(mode: str, **given):
+    """The mode's config from options given by name (CLI, Python API); None means 'not given'.
+
+    An option the mode does not declare is an error naming the modes that do."""
+    spec = get_mode(mode)
+    fields = {f.name: f for f in dataclasses.fields(spec.config)}
+    values = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in fields:
+            owners = owners_of(name)
+            if not owners:
+                raise QconvError(f"unknown quantize option '{name}'")
+            declared = next(f for f in dataclasses.fields(MODES[owners[0]].config) if f.name == name)
+            raise QconvError(f"{flag_of(declared)} applies to --mode {' or '.join(owners)}, not {mode}")
+        values[name] = list(value) if isinstance(value, tuple) else value
+    return spec.config(**values)
+
+
+class QuantizeOptions:
+    """Options by name for any mode (the Python API's spelling of the CLI flags, e.g. ``preset="avx2"``);
+    ``quantize()`` turns them into the mode's config and refuses those the mode does not declare."""
+
+    def __init__(self, **given):
+        self.given = given
+
+    def __repr__(self) -> str:
+        return f"QuantizeOptions({', '.join(f'{k}={v!r}' for k, v in self.given.items())})"
+
+
+def target_providers() -> dict[str, tuple[str, ...]]:
+    """The execution providers each precision is made for, as the modes declare them (fp32: the export)."""
+    table = {"fp32": ("CPUExecutionProvider", "CUDAExecutionProvider")}
+    for mode in MODES.values():
+        table.setdefault(mode.precision, mode.providers)
+    return table
+
+
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+_CPU, _CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+# Embedding gates of the 8-bit modes (also q8's: weight-only 8-bit blocks are at least as close as int8).
+_INT8_GATES = {
+    "embedding": {"max_delta": 0.01, "min_cosine_mean": 0.99},
+    # Rerankers: the embedding gates' counterparts on MRR@10 (delta) and top-1 agreement.
+    "reranker": {"max_delta": 0.01, "min_top1": 0.9},
+}
+_Q4_GATES = {"embedding": {"max_delta": 0.02}, "reranker": {"max_delta": 0.02, "min_top1": 0.8}}
+
+
+def _smooth_option():
+    return field(
+        default=None,
+        metadata=option("SmoothQuant alpha in (0, 1], or auto (searched over 0.5-0.9)."),
+    )
+
+
+@dataclass
+class Int8Options:
+    per_channel: bool = field(
+        default=True, metadata=option("one scale per weight tensor instead of per channel.", flag="--per-tensor")
+    )
+    preset: Literal["avx512_vnni", "avx2", "arm64"] | None = field(
+        default=None, metadata=option("avx512_vnni | avx2 | arm64 [default: detected from this CPU].")
+    )
+    smooth: str | None = _smooth_option()
+    quantize_embeddings: bool = field(default=True, metadata=option("Also store the embedding table as int8."))
 
 
 @register
@@ -123,20 +285,22 @@ class Int8Dynamic(QuantizationMode):
     name = "int8"
     precision = "int8"
     converter = "onnxruntime.quantization.quantize_dynamic (weight MatMuls only) + qconv int8 embedding table"
-    embeddings_by_default = True
+    description = "dynamic INT8 weight MatMuls (CPU)"
+    options = Int8Options
+    gates = _INT8_GATES
+    providers = (_CPU,)
+    batch_coupled = True
 
-    def variant(self, options):
-        if options.recover:
-            return f"qint8_{options.preset}_recovered"
+    def variant(self, config):
+        if config.recover:
+            return f"qint8_{config.preset}_recovered"
         return (
-            f"qint8_{options.preset}"
-            + ("_sq" if options.smooth is not None else "")
-            + ("_keep" if options.keep else "")
+            f"qint8_{config.preset}" + ("_sq" if config.smooth is not None else "") + ("_keep" if config.keep else "")
         )
 
-    def validate_options(self, options):
-        if options.preset not in INT8_PRESETS:
-            raise QconvError(f"unknown --preset '{options.preset}' (choose {', '.join(INT8_PRESETS)})")
+    def resolve(self, config):
+        if config.preset is None:
+            config.preset = detect_preset()
 
     def run(self, model, src, options, excluded, work):
         import onnx
@@ -176,15 +340,19 @@ class Int8Dynamic(QuantizationMode):
         return quantized, info
 
 
+@dataclass
+class BlockwiseOptions:
+    block_size: int = field(default=32, metadata=option("weights per scale.", choices=BLOCK_SIZES))
+    # MatMulNBits accuracy levels: 0 = the kernel's default, 1-4 = fp32, fp16, bf16, int8 compute.
+    accuracy_level: int | None = field(
+        default=None,
+        metadata=option("MatMulNBits compute precision 0-4 [default: the kernel's].", range=(0, 4)),
+    )
+
+
 class _BlockwiseQ4(QuantizationMode):
-    def validate_options(self, options):
-        if options.block_size not in (16, 32, 64, 128, 256):
-            raise QconvError(f"--block-size {options.block_size} is not supported (16, 32, 64, 128 or 256)")
-        if options.accuracy_level is not None and options.accuracy_level not in ACCURACY_LEVELS:
-            raise QconvError(
-                f"--accuracy-level {options.accuracy_level} is not a MatMulNBits accuracy level "
-                f"({', '.join(map(str, ACCURACY_LEVELS))})"
-            )
+    options = BlockwiseOptions
+    gates = _Q4_GATES
 
     def quantize_q4(self, model, options, excluded):
         with _quiet_nbits_quantizer():
@@ -220,6 +388,8 @@ class Q4(_BlockwiseQ4):
     name = "q4"
     precision = "q4"
     converter = "onnxruntime MatMulNBitsQuantizer (4-bit blocks, fp32 activations)"
+    description = "4-bit weight blocks, fp32 activations"
+    providers = (_CPU, _CUDA)
 
     def run(self, model, src, options, excluded, work):
         quantized, info = self.quantize_q4(model, options, excluded)
@@ -233,6 +403,8 @@ class Q4F16(_BlockwiseQ4):
     name = "q4f16"
     precision = "q4f16"
     converter = "onnxruntime MatMulNBitsQuantizer (4-bit blocks) + qconv selective fp16"
+    description = "4-bit weight blocks, fp16 elsewhere (GPU)"
+    providers = (_CUDA,)
 
     def run(self, model, src, options, excluded, work):
         quantized, info = self.quantize_q4(model, options, excluded)
@@ -271,25 +443,31 @@ def _q8_kernels_missing() -> str | None:
     return None
 
 
+@dataclass
+class Q8Options:
+    block_size: int = field(default=32, metadata=option("weights per scale.", choices=BLOCK_SIZES))
+    # 4: int8 compute with activations quantized per row per block
+    accuracy_level: int = field(default=4, metadata=option("4 (int8 compute) or 1 (fp32 compute).", choices=(4, 1)))
+    smooth: str | None = _smooth_option()
+
+
 @register
 class Q8(QuantizationMode):
     name = "q8"
     precision = "q8"
     converter = "onnxruntime MatMulNBitsQuantizer (8-bit blocks, weight-only)"
-    default_accuracy_level = 4  # int8 compute with activations quantized per row per block
+    description = "8-bit weight blocks, weight-only (CPU)"
+    options = Q8Options
+    gates = _INT8_GATES
+    providers = (_CPU,)
+    batch_coupled = True
 
-    def variant(self, options):
-        return f"q8_acc{options.accuracy_level}"
+    def variant(self, config):
+        return f"q8_acc{config.accuracy_level}"
 
-    def validate_options(self, options):
+    def resolve(self, config):
         import onnxruntime as ort
 
-        if options.accuracy_level is None:
-            options.accuracy_level = self.default_accuracy_level
-        if options.accuracy_level not in (1, 4):
-            raise QconvError(f"--accuracy-level {options.accuracy_level} is not supported for q8 (4 or 1)")
-        if options.block_size not in (16, 32, 64, 128, 256):
-            raise QconvError(f"--block-size {options.block_size} is not supported (16, 32, 64, 128 or 256)")
         missing = _q8_kernels_missing()
         if missing:
             raise QconvError(f"--mode q8 needs 8-bit MatMulNBits; onnxruntime {ort.__version__} lacks it: {missing}")
@@ -309,6 +487,9 @@ class Fp16(QuantizationMode):
     name = "fp16"
     precision = "fp16"
     converter = "qconv selective fp16 (MatMul/Gemm/Gather in fp16; norms, softmax, residual adds in fp32)"
+    description = "selective fp16 (GPU)"
+    gates = {"embedding": {"min_cosine": 0.999}, "reranker": {"max_delta": 1e-3, "min_top1": 0.95}}
+    providers = (_CUDA,)
 
     def run(self, model, src, options, excluded, work):
         return model, {"fp16": convert_to_fp16(model, exclude=excluded)}
@@ -354,76 +535,128 @@ def check_variant(art: Artifact, variant: str, source_variant: str) -> dict:
     return task_of(art).compare_variants(art, variant, source_variant)
 
 
-RECOVERY_MODES = ("int8", "q8")  # modes that --smooth / --recover apply to
-
-
-def _check_recovery_options(mode: str, options: QuantizeOptions) -> None:
+def _check_recovery_options(config) -> None:
     """--smooth, --keep, --recover and --calibration, checked before any work."""
     from .calibration import load_calibration
 
-    if options.smooth is not None:
-        if mode not in RECOVERY_MODES:
-            raise QconvError(f"--smooth applies to --mode {' or '.join(RECOVERY_MODES)}, not {mode}")
-        if options.smooth != "auto":
-            try:
-                alpha = float(options.smooth)
-            except (TypeError, ValueError):
-                raise QconvError(f"--smooth must be a number in (0, 1] or 'auto', got '{options.smooth}'") from None
-            if not 0.0 < alpha <= 1.0:
-                raise QconvError(f"--smooth must be in (0, 1] or 'auto', got {options.smooth}")
-            options.smooth = alpha
-    if options.keep is not None:
-        keep = str(options.keep).strip()
+    smooth = getattr(config, "smooth", None)
+    if smooth is not None and smooth != "auto":
+        try:
+            alpha = float(smooth)
+        except (TypeError, ValueError):
+            raise QconvError(f"--smooth must be a number in (0, 1] or 'auto', got '{smooth}'") from None
+        if not 0.0 < alpha <= 1.0:
+            raise QconvError(f"--smooth must be in (0, 1] or 'auto', got {smooth}")
+        config.smooth = alpha
+    if config.keep is not None:
+        keep = str(config.keep).strip()
         if not keep:
             raise QconvError("--keep needs auto, a number of MatMuls or node/module patterns")
         if keep.isdigit() and int(keep) < 1:
             raise QconvError("--keep N needs N >= 1")
-        options.keep = keep
-    if options.recover is not None:
-        if options.recover != "auto":
-            raise QconvError(f"--recover takes 'auto', got '{options.recover}'")
-        if mode != "int8":
-            raise QconvError(f"--recover auto starts from --mode int8, not {mode}")
-        if options.smooth is not None or options.keep is not None:
+        config.keep = keep
+    if config.recover is not None:
+        if config.recover != "auto":
+            raise QconvError(f"--recover takes 'auto', got '{config.recover}'")
+        if config.mode != LADDER_START:
+            raise QconvError(f"--recover auto starts from --mode {LADDER_START}, not {config.mode}")
+        if smooth is not None or config.keep is not None:
             raise QconvError("--recover auto chooses --smooth and --keep itself; pass one or the other")
-    if options.calibration is not None or _needs_calibration(options):
-        load_calibration(options.calibration)
+    if config.calibration is not None or _needs_calibration(config):
+        load_calibration(config.calibration)
 
 
-def _needs_calibration(options: QuantizeOptions) -> bool:
-    keep = options.keep
-    return bool(options.smooth is not None or options.recover or (keep and (keep == "auto" or keep.isdigit())))
+LADDER_START = "int8"  # the mode --recover auto starts from (its ladder: convert/recovery.py)
 
 
-def quantized_variant(mode: str, source_variant: str, options: QuantizeOptions) -> str:
-    """The variant name ``quantize`` will write; fills in the option defaults that depend on the mode."""
+def _needs_calibration(config) -> bool:
+    keep = config.keep
+    smooth = getattr(config, "smooth", None)
+    return bool(smooth is not None or config.recover or (keep and (keep == "auto" or keep.isdigit())))
+
+
+def _check_declared(config) -> None:
+    """Every value against its declaration (allowed values, range), in the CLI's words."""
+    from qconv.pipeline.options import check_value, public_fields
+
+    hints = typing.get_type_hints(type(config))
+    for f in public_fields(config):
+        problem = check_value(f, hints[f.name], getattr(config, f.name), config.mode)
+        if problem:
+            raise QconvError(problem)
+
+
+def resolved(config):
+    """A checked copy of ``config`` with the machine-dependent defaults filled in (the int8 preset)."""
+    if not isinstance(config, QuantizeConfig):
+        raise TypeError(f"expected a quantize config, got {type(config).__name__}")
+    config = dataclasses.replace(config)
+    spec = get_mode(config.mode)
+    _check_declared(config)
+    spec.resolve(config)
+    _check_declared(config)
+    _check_recovery_options(config)
+    return config
+
+
+def variant_name(config) -> str:
+    """The variant a resolved config writes (``<from>_<mode's name>`` unless from the base graph)."""
+    name = MODES[config.mode].variant(config)
+    return name if config.source == "model" else f"{config.source}_{name}"
+
+
+def quantized_variant(config) -> str:
+    """The variant name ``quantize`` will write for ``config`` (checked; the config is not changed)."""
+    return variant_name(resolved(config))
+
+
+def as_config(mode: str, source_variant: str | None, options):
+    """The mode's config from what ``quantize()`` was given: a config, ``QuantizeOptions`` or nothing."""
+    if isinstance(options, QuantizeConfig):
+        if options.mode != mode:
+            raise QconvError(f"a {options.mode} config given for --mode {mode}")
+        if source_variant not in (None, options.source):
+            raise QconvError(f"source variant '{source_variant}' given with a config from '{options.source}'")
+        return options
+    given = dict(options.given) if options is not None else {}
+    return configure(mode, source=source_variant, **given)
+
+
+def record_of(config) -> dict:
+    """A config as the manifest stores it (its mode and source sit beside it in the entry)."""
+    from qconv.pipeline.options import key_of, public_fields
+
+    return {key_of(f): getattr(config, f.name) for f in public_fields(config) if f.name not in ("mode", "source")}
+
+
+def config_of_record(entry: dict):
+    """The config a manifest entry was made with (None: not a known mode); keys a mode does not declare are
+    ignored (entries written before each mode had its own options hold every mode's keys)."""
+    from qconv.pipeline.options import from_data
+
+    mode = entry.get("mode", entry.get("precision"))
     if mode not in MODES:
-        raise QconvError(f"unknown mode '{mode}' (choose {', '.join(MODES)})")
-    spec = MODES[mode]
-    if mode == "int8" and options.preset is None:
-        options.preset = detect_preset()
-    if options.quantize_embeddings is None:
-        options.quantize_embeddings = spec.embeddings_by_default
-    spec.validate_options(options)
-    _check_recovery_options(mode, options)
-    name = spec.variant(options)
-    return name if source_variant == "model" else f"{source_variant}_{name}"
+        return None
+    return from_data(MODES[mode].config, entry.get("options") or {}, mode=mode, source=entry.get("from", "model"))
 
 
 def quantize(
     artifact: Artifact | str | Path,
     mode: str,
     *,
-    source_variant: str = "model",
-    options: QuantizeOptions | None = None,
+    source_variant: str | None = None,
+    options: QuantizeOptions | QuantizeConfig | None = None,
     overwrite: bool = False,
 ) -> tuple[str, dict]:
-    """Write ``onnx/model_<variant>.onnx`` from ``source_variant``; returns (variant, manifest entry)."""
+    """Write ``onnx/model_<variant>.onnx`` from ``source_variant``; returns (variant, manifest entry).
+
+    ``options``: the mode's config (``MODES[mode].config``, what recipes hold) or ``QuantizeOptions``."""
     started = time.perf_counter()
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
-    options = options or QuantizeOptions()
-    variant = quantized_variant(mode, source_variant, options)
+    config = resolved(as_config(mode, source_variant, options))
+    variant = variant_name(config)
     spec = MODES[mode]
+    source_variant = config.source
     src = art.variant_path(source_variant, verify=True)
     source_precision = art.variants[source_variant].get("precision", "fp32")
     if source_precision != "fp32":
@@ -436,23 +669,23 @@ def quantize(
         with console.status(f"quantizing {source_variant} -> {variant} ({mode})"):
             model = read_onnx(src)
             unique_node_names(model)
-            excluded = _matching_nodes(model, options.exclude) if options.exclude else set()
-            if _keep_is_pattern(options.keep):
-                _kept_by_pattern(model, options.keep, excluded)  # a pattern that matches nothing: before any work
+            excluded = _matching_nodes(model, config.exclude) if config.exclude else set()
+            if _keep_is_pattern(config.keep):
+                _kept_by_pattern(model, config.keep, excluded)  # a pattern that matches nothing: before any work
             external = needs_external_data(src)
             calib = None
-            if _needs_calibration(options):
+            if _needs_calibration(config):
                 from .calibration import calibration_source, load_calibration
                 from .recovery import CalibrationSet
 
                 calib = CalibrationSet.build(
-                    art, src, load_calibration(options.calibration), calibration_source(options.calibration)
+                    art, src, load_calibration(config.calibration), calibration_source(config.calibration)
                 )
             try:
-                if options.recover:
-                    result, info, spec = _recover(art, model, src, options, excluded, work, calib, external)
+                if config.recover:
+                    result, info, spec = _recover(art, model, src, config, excluded, work, calib, external)
                 else:
-                    result, info = _build(spec, model, src, options, excluded, work, calib, external)
+                    result, info = _build(spec, model, src, config, excluded, work, calib, external)
             except QconvError:
                 raise
             except Exception as exc:
@@ -462,7 +695,7 @@ def quantize(
             unique_node_names(result)
             staged = work / target.name
             save_model(result, staged, external)
-            if spec.name in RECOVERY_MODES:
+            if spec.batch_coupled:
                 from .recovery import batch_coupling
 
                 info["batch_coupling"] = batch_coupling(art, staged, src)
@@ -484,7 +717,7 @@ def quantize(
         "mode": mode,
         "from": source_variant,
         "converter": spec.converter,
-        "options": asdict(options),
+        "options": record_of(config),
         "details": info,
         **facts,
         "check": check,
@@ -528,7 +761,7 @@ def _weight_matmuls(model, excluded: set[str]) -> list[str]:
 def _build(spec, model, src, options, excluded, work, calib, external):
     """One quantized graph: optional SmoothQuant fold, optional kept MatMuls, then the mode's pass."""
     extra = {}
-    if options.smooth is not None:
+    if getattr(options, "smooth", None) is not None:
         model, extra["smoothquant"] = _smoothed(spec, model, src, options, excluded, work, calib, external)
     if options.keep:
         kept, extra["kept"] = _kept(spec, model, src, options, excluded, work, calib, external)
@@ -539,11 +772,9 @@ def _build(spec, model, src, options, excluded, work, calib, external):
 
 
 def _candidate(spec, model, src, options, excluded, work: Path, name: str, calib, external) -> dict:
-    from dataclasses import replace
-
     folder = work / name
     folder.mkdir()
-    plain = replace(options, smooth=None, keep=None, recover=None)
+    plain = _with(options, smooth=None, keep=None, recover=None)
     result, _ = spec.run(model, src, plain, excluded, folder)
     return calib.evaluate(result, folder, "candidate", external)
 
@@ -618,7 +849,9 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
     if _keep_is_pattern(keep):
         kept, rows = _kept_by_pattern(model, keep, excluded)
         return kept, {"how": "patterns", "patterns": keep.split(","), "nodes": rows}
-    ranking = sensitivity(model, candidates, calib.batches, work, per_channel=options.per_channel)
+    # The sensitivity proxy is dynamic INT8 of each MatMul alone: per channel unless the config says otherwise.
+    per_channel = getattr(options, "per_channel", True)
+    ranking = sensitivity(model, candidates, calib.batches, work, per_channel=per_channel)
     nodes = {n.name: n for n in model.graph.node}
     steps = []
     if keep.isdigit():
@@ -654,6 +887,23 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
     }
 
 
+def _with(config, **changes):
+    """A copy of ``config`` with the changes to the options it declares (the others do not apply to it)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if k in names})
+
+
+def _rung_config(rung, config):
+    """A ladder rung's config: the options the rung's mode shares with the starting config, the rung's changes,
+    the rung's mode's defaults for the rest; resolved (a rung whose mode cannot run here raises)."""
+    names = {f.name for f in dataclasses.fields(MODES[rung.mode].config)}
+    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names}
+    values = {**shared, **{k: v for k, v in rung.changes.items() if k in names}, "mode": rung.mode, "recover": None}
+    rung_config = MODES[rung.mode].config(**values)
+    MODES[rung.mode].resolve(rung_config)
+    return rung_config
+
+
 def _recover(art, model, src, options, excluded, work, calib, external):
     """--recover auto: the ladder from fastest to safest; the first rung that meets the target wins."""
     from qconv.errors import GateFailed
@@ -664,15 +914,13 @@ def _recover(art, model, src, options, excluded, work, calib, external):
     searched_alpha = None  # the alpha search runs once; later rungs reuse its choice
     for index, rung in enumerate(LADDER):
         spec = MODES[rung.mode]
-        rung_options = rung.options(options)
-        if rung_options.smooth == "auto" and searched_alpha is not None:
+        try:
+            rung_options = _rung_config(rung, options)
+        except QconvError as exc:  # e.g. q8 without 8-bit MatMulNBits kernels in this onnxruntime
+            tried.append({"rung": rung.name, "skipped": str(exc)})
+            continue
+        if getattr(rung_options, "smooth", None) == "auto" and searched_alpha is not None:
             rung_options.smooth = searched_alpha
-        if rung.mode == "q8":
-            try:
-                spec.validate_options(rung_options)
-            except QconvError as exc:
-                tried.append({"rung": rung.name, "skipped": str(exc)})
-                continue
         folder = work / f"rung{index}"
         folder.mkdir()
         result, info = _build(spec, model, src, rung_options, excluded, folder, calib, external)

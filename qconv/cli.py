@@ -114,57 +114,34 @@ def export_reranker_cmd(
     )
 
 
-@cli.command()
+class _QuantizeCommand(click.Command):
+    """``qconv quantize``: its mode options are generated from the registered modes each time the command is
+    parsed or its help shown, so a mode registered after import (a plugin, a test) is there too."""
+
+    def get_params(self, ctx):
+        from qconv.pipeline.quantize_cli import mode_params
+
+        params = super().get_params(ctx)
+        return params[:1] + mode_params() + params[1:]
+
+
+@cli.command(cls=_QuantizeCommand)
 @click.argument("artifact", required=False)
-@click.option("--mode", required=True, help="int8 | q8 | q4 | q4f16 | fp16.")
-@click.option("--from", "source_variant", default="model", show_default=True, help="Variant to quantize.")
-@click.option("--per-tensor", is_flag=True, help="int8: one scale per weight tensor instead of per channel.")
-@click.option("--preset", help="int8: avx512_vnni | avx2 | arm64 [default: detected from this CPU].")
-@click.option("--block-size", type=int, default=32, show_default=True, help="q8/q4/q4f16: weights per scale.")
-@click.option("--accuracy-level", type=int, help="q8: 4 (int8 compute, default) or 1 (fp32); q4/q4f16: 0-4.")
-@click.option(
-    "--quantize-embeddings/--no-quantize-embeddings",
-    default=None,
-    help="Also store the embedding table as int8 [default: on for int8, off otherwise].",
-)
-@click.option("--exclude", multiple=True, help="Keep nodes whose name matches this pattern in full precision.")
-@click.option("--smooth", help="int8/q8: SmoothQuant alpha in (0, 1], or auto (searched over 0.5-0.9).")
-@click.option("--keep", help="auto | N | PATTERN[,PATTERN]: weight MatMuls kept fp32 (by sensitivity or by name).")
-@click.option("--recover", help="auto: try int8, +smooth, +keep, q8; keep the fastest that meets the target.")
-@click.option(
-    "--calibration", type=click.Path(dir_okay=False), help="Calibration texts, one per line [default: built-in]."
-)
 @click.option("--validate", "datasets", multiple=True, help="Validate the new variant on this dataset (repeatable).")
 @click.option("--limit", type=int, help="With --validate: evaluate only the first N pairs/queries.")
 @click.option(
     "--bootstrap", type=int, help="With --validate: bootstrap resamples for the deltas' 95% intervals, 0 = off [1000]."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing variant of the same name.")
-def quantize(
-    artifact,
-    mode,
-    source_variant,
-    per_tensor,
-    preset,
-    block_size,
-    accuracy_level,
-    quantize_embeddings,
-    exclude,
-    smooth,
-    keep,
-    recover,
-    calibration,
-    datasets,
-    limit,
-    bootstrap,
-    overwrite,
-) -> None:
+@click.pass_context
+def quantize(ctx, artifact, datasets, limit, bootstrap, overwrite, **mode_options) -> None:
     """Write a quantized variant (onnx/model_<variant>.onnx) and record it in the manifest."""
     from qconv.artifact import find_artifact
-    from qconv.convert.quantize import QuantizeOptions
     from qconv.convert.quantize import quantize as run_quantize
+    from qconv.pipeline.quantize_cli import config_from_cli
     from qconv.validate.runner import check_validation_request
 
+    config = config_from_cli(ctx)  # every option against the mode's declaration, before anything is opened
     art = find_artifact(artifact)
     if limit is not None and not datasets:
         raise QconvError("--limit applies only with --validate")
@@ -174,19 +151,7 @@ def quantize(
         from qconv.validate.runner import check_bootstrap
 
         check_bootstrap(bootstrap)
-    options = QuantizeOptions(
-        per_channel=not per_tensor,
-        preset=preset,
-        block_size=block_size,
-        accuracy_level=accuracy_level,
-        quantize_embeddings=quantize_embeddings,
-        exclude=list(exclude),
-        smooth=smooth,
-        keep=keep,
-        recover=recover,
-        calibration=calibration,
-    )
-    variant, _ = run_quantize(art, mode, source_variant=source_variant, options=options, overwrite=overwrite)
+    variant, _ = run_quantize(art, config.mode, options=config, overwrite=overwrite)
     failed = []
     for dataset in datasets:
         extra = {} if bootstrap is None else {"bootstrap": bootstrap}
@@ -353,6 +318,15 @@ def _validate(art, dataset: str, **options) -> dict:
     return validate_dataset(art, dataset, **options)
 
 
+def _gate_options(command):
+    """One ``qconv validate`` option per declared gate: flag, help and name from the declaration."""
+    from qconv.validate.thresholds import GATES
+
+    for gate in reversed(GATES.values()):
+        command = click.option(gate.flag, gate.name, type=float, help=gate.help)(command)
+    return command
+
+
 def _only_for(kind: str, dataset: str, **given) -> None:
     used = [name for name, value in given.items() if value is not None]
     if used:
@@ -383,11 +357,7 @@ def _only_for(kind: str, dataset: str, **given) -> None:
     "--instruction", help="Instruction for both tasks [default: the dataset's or the artifact's]; '' = no instruction."
 )
 @click.option("--dim", type=int, help="Matryoshka: truncate embeddings to D dimensions and renormalise.")
-@click.option("--min-cosine", type=float, help="Gate: minimum per-text cosine (parity.cosine_min).")
-@click.option("--min-cosine-mean", type=float, help="Gate: minimum mean per-text cosine.")
-@click.option("--max-delta", type=float, help="Gate: maximum |candidate - reference| of the main metric.")
-@click.option("--max-score-diff", type=float, help="Gate (msmarco): maximum |P(yes) candidate - reference|.")
-@click.option("--min-top1", type=float, help="Gate (msmarco): minimum top-1 agreement.")
+@_gate_options
 @click.option(
     "--bootstrap",
     type=int,
@@ -411,14 +381,10 @@ def validate(
     batch_tokens,
     instruction,
     dim,
-    min_cosine,
-    min_cosine_mean,
-    max_delta,
-    max_score_diff,
-    min_top1,
     bootstrap,
     offline,
     as_json,
+    **gates,
 ) -> None:
     """Validate an ONNX variant against the PyTorch original (exit 1 when a threshold fails)."""
     from qconv.artifact import find_artifact
@@ -426,6 +392,7 @@ def validate(
     from qconv.errors import GateFailed
     from qconv.validate.datasets import dataset_spec
     from qconv.validate.report import to_json
+    from qconv.validate.thresholds import GATES, gate_keywords
 
     spec = dataset_spec(dataset)
     common = dict(
@@ -436,40 +403,38 @@ def validate(
         reference=reference,
         providers=_split_providers(providers),
         instruction=instruction,
-        max_abs_delta=max_delta,
         bootstrap=bootstrap,
         offline=offline,
         batch_tokens=batch_tokens,
         raise_on_fail=False,
     )
+    # Each gate applies to the dataset kinds whose reports carry its value (qconv.validate.thresholds.GATES).
+    applies = {name: value for name, value in gates.items() if spec.kind in GATES[name].kinds}
+    elsewhere = {name: value for name, value in gates.items() if name not in applies}
     with console_on_stderr(as_json):
         art = find_artifact(artifact)
         if spec.kind == "rerank":
             from qconv.validate.rerank import validate_reranker
 
-            _only_for("reranker", dataset, dim=dim, min_cosine=min_cosine, min_cosine_mean=min_cosine_mean)
+            _only_for("reranker", dataset, dim=dim, **elsewhere)
             report = validate_reranker(
                 art,
                 dataset,
                 max_candidates=max_candidates or 30,
                 batch_size=8 if batch_size is None else batch_size,
-                max_abs_score_diff=max_score_diff,
-                min_top1_agreement=min_top1,
+                **gate_keywords(applies),
                 **common,
             )
         else:
             from qconv.validate.embedding import validate_embedding
 
-            _only_for(
-                "embedding", dataset, max_candidates=max_candidates, max_score_diff=max_score_diff, min_top1=min_top1
-            )
+            _only_for("embedding", dataset, max_candidates=max_candidates, **elsewhere)
             report = validate_embedding(
                 art,
                 dataset,
                 batch_size=32 if batch_size is None else batch_size,
                 dim=dim,
-                min_cosine=min_cosine,
-                min_cosine_mean=min_cosine_mean,
+                **gate_keywords(applies),
                 **common,
             )
     if as_json:

@@ -1,47 +1,138 @@
-"""Validation gates: defaults per task and variant precision (documented in the README, flag-overridable).
+"""Validation gates: each declared once (GATES); defaults per task for fp32 graphs here, for quantized ones by
+the quantization mode that makes them (``qconv.convert.quantize``: each mode declares its gates per task).
 
-A gate names a value in the report and a bound. A missing key is not checked; NaN never passes.
+A gate names a value in the report and a bound; its name is the recipe ``thresholds`` key, the report's
+``thresholds`` key, the ``qconv validate`` flag (``--max-delta``) and the keyword of the validation API.
+A missing key is not checked; NaN never passes.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-# gate key -> (dotted path of the value in the report, comparison that must hold, shown as)
-GATES: dict[str, tuple[str, Any, str]] = {
-    "min_cosine": ("parity.cosine_min", operator.ge, ">="),
-    "min_cosine_mean": ("parity.cosine_mean", operator.ge, ">="),
-    "max_abs_delta": ("abs_delta", operator.le, "<="),
-    "max_abs_score_diff": ("parity.max_abs_diff", operator.le, "<="),
-    "min_top1_agreement": ("parity.top1_agreement", operator.ge, ">="),
+from qconv.errors import QconvError
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    path: str  # dotted path of the value in the report ("abs_delta": |report["delta"]|)
+    holds: Callable[[float, float], bool]  # the comparison value vs bound that must hold
+    shown: str
+    kinds: tuple[str, ...]  # the dataset kinds whose reports carry the value (qconv.validate.datasets)
+    help: str  # the CLI flag's help
+    legacy: str | None = None  # the name reports and the validation API used before gates had one name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+GATES: dict[str, Gate] = {
+    g.name: g
+    for g in (
+        Gate(
+            "min_cosine",
+            "parity.cosine_min",
+            operator.ge,
+            ">=",
+            ("pairs",),
+            "Gate: minimum per-text cosine (parity.cosine_min).",
+        ),
+        Gate(
+            "min_cosine_mean",
+            "parity.cosine_mean",
+            operator.ge,
+            ">=",
+            ("pairs",),
+            "Gate: minimum mean per-text cosine.",
+        ),
+        Gate(
+            "max_delta",
+            "abs_delta",
+            operator.le,
+            "<=",
+            ("pairs", "rerank"),
+            "Gate: maximum |candidate - reference| of the main metric.",
+            legacy="max_abs_delta",
+        ),
+        Gate(
+            "max_score_diff",
+            "parity.max_abs_diff",
+            operator.le,
+            "<=",
+            ("rerank",),
+            "Gate (msmarco): maximum |P(yes) candidate - reference|.",
+            legacy="max_abs_score_diff",
+        ),
+        Gate(
+            "min_top1",
+            "parity.top1_agreement",
+            operator.ge,
+            ">=",
+            ("rerank",),
+            "Gate (msmarco): minimum top-1 agreement.",
+            legacy="min_top1_agreement",
+        ),
+    )
+}
+_BY_LEGACY = {g.legacy: g.name for g in GATES.values() if g.legacy}
+
+# The exported graph and the fp32 optimize levels: the strictest gates (same computation, other kernels).
+FP32_GATES: dict[str, dict[str, float]] = {
+    "embedding": {"min_cosine": 0.99999, "max_delta": 1e-4},
+    "reranker": {"max_score_diff": 1e-4, "min_top1": 1.0},
 }
 
-DEFAULT_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
-    "embedding": {
-        "fp32": {"min_cosine": 0.99999, "max_abs_delta": 1e-4},
-        "fp16": {"min_cosine": 0.999},
-        "int8": {"max_abs_delta": 0.01, "min_cosine_mean": 0.99},
-        "q4": {"max_abs_delta": 0.02},
-        "q4f16": {"max_abs_delta": 0.02},
-    },
-    # Rerankers: the embedding gates' counterparts on MRR@10 (delta) and top-1 agreement.
-    "reranker": {
-        "fp32": {"max_abs_score_diff": 1e-4, "min_top1_agreement": 1.0},
-        "fp16": {"max_abs_delta": 1e-3, "min_top1_agreement": 0.95},
-        "int8": {"max_abs_delta": 0.01, "min_top1_agreement": 0.9},
-        "q4": {"max_abs_delta": 0.02, "min_top1_agreement": 0.8},
-        "q4f16": {"max_abs_delta": 0.02, "min_top1_agreement": 0.8},
-    },
-}
+
+def gate_name(key: str, strict: bool = True) -> str:
+    """The gate's name for a key, also a legacy one (reports written before the rename, older callers)."""
+    name = _BY_LEGACY.get(key, key)
+    if strict and name not in GATES:
+        raise QconvError(f"unknown gate '{key}' (gates: {', '.join(GATES)})")
+    return name
+
+
+def check_gates(task: str, gates: dict[str, float], owner: str) -> None:
+    """A declaration of default gates: known gate names with numeric bounds (a bug otherwise, at registration)."""
+    for key, bound in gates.items():
+        if key not in GATES or not isinstance(bound, (int, float)):
+            raise ValueError(f"{owner}: gate '{key}: {bound!r}' for {task} is not a known gate with a number")
+
+
+def default_gates(task: str, precision: str) -> dict[str, float]:
+    """The default gates of a task's variants of one precision; none declared is an error, never fp32's."""
+    if precision == "fp32":
+        declared = {"fp32 graphs": FP32_GATES.get(task)}
+    else:
+        from qconv.convert.quantize import MODES
+
+        declared = {f"--mode {m.name}": m.gates.get(task) for m in MODES.values() if m.precision == precision}
+    found = [gates for gates in declared.values() if gates is not None]
+    if not found:
+        owners = ", ".join(declared) or f"no quantization mode makes {precision}"
+        raise QconvError(f"no default validation gates for {precision} {task} variants ({owners}: none declared)")
+    if any(gates != found[0] for gates in found):
+        raise QconvError(f"the modes making {precision} declare different gates for {task}: {', '.join(declared)}")
+    return dict(found[0])
 
 
 def thresholds_for(task: str, precision: str, overrides: dict[str, float | None] | None = None) -> dict[str, float]:
-    """Defaults for a task and precision (fp32's, the strictest, for a precision without its own)."""
-    per_task = DEFAULT_THRESHOLDS[task]
-    chosen = dict(per_task.get(precision, per_task["fp32"]))
-    chosen.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    """The gates of a validation: the defaults for its task and precision, updated by the given ones."""
+    chosen = default_gates(task, precision)
+    chosen.update({gate_name(k): v for k, v in (overrides or {}).items() if v is not None})
     return chosen
+
+
+def gate_keywords(values: dict[str, float | None]) -> dict[str, float | None]:
+    """Gate values as the keywords ``validate_embedding`` / ``validate_reranker`` take.
+
+    Transitional: those functions (validate/embedding.py, validate/rerank.py) still take the legacy names;
+    once they take the gate names this is the identity and goes.
+    """
+    return {(GATES[gate_name(k)].legacy or gate_name(k)): v for k, v in values.items()}
 
 
 def _lookup(report: dict, path: str) -> float:
@@ -57,8 +148,8 @@ def check(thresholds: dict[str, float], report: dict) -> list[str]:
     """Human-readable failures (empty when every gate holds)."""
     failures = []
     for key, bound in thresholds.items():
-        path, holds, shown = GATES[key]
-        value = _lookup(report, path)
-        if not holds(value, bound):  # NaN compares false: it fails
-            failures.append(f"{path} {value:.6g} not {shown} {bound}")
+        gate = GATES[gate_name(key)]
+        value = _lookup(report, gate.path)
+        if not gate.holds(value, bound):  # NaN compares false: it fails
+            failures.append(f"{gate.path} {value:.6g} not {gate.shown} {bound}")
     return failures

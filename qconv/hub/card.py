@@ -11,6 +11,7 @@ from ``qconv.hub.reproduce``. The card has no timestamp, so rendering an unchang
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,26 @@ METRIC_TYPES = {
     "ndcg@10": "ndcg_at_10",
     "recall@10": "recall_at_10",
 }
-# The execution providers each precision is made for (quantize: int8 for CPUs, q4f16 and fp16 for GPUs).
-TARGET_PROVIDERS = {
-    "fp32": ("CPUExecutionProvider", "CUDAExecutionProvider"),
-    "int8": ("CPUExecutionProvider",),
-    "q8": ("CPUExecutionProvider",),
-    "q4": ("CPUExecutionProvider", "CUDAExecutionProvider"),
-    "q4f16": ("CUDAExecutionProvider",),
-    "fp16": ("CUDAExecutionProvider",),
-}
+class _TargetProviders(Mapping):
+    """The execution providers each precision is made for, as the quantization modes declare them (read when
+    used: a mode registered after this import counts)."""
+
+    def _table(self) -> dict[str, tuple[str, ...]]:
+        from qconv.convert.quantize import target_providers
+
+        return target_providers()
+
+    def __getitem__(self, precision: str) -> tuple[str, ...]:
+        return self._table()[precision]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+TARGET_PROVIDERS = _TargetProviders()
 _TARGETS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qconv.artifact import BASE_VARIANT, Artifact
+from qconv.errors import QconvError
 from qconv.validate.metrics import BOOTSTRAP_DEFAULT
 
 if TYPE_CHECKING:
@@ -15,14 +16,6 @@ if TYPE_CHECKING:
 
 # Stages that describe the artifact's history but do not make a variant.
 _NON_BUILD_STAGES = ("validate", "fallback", "bench", "card", "publish")
-# Gate keys -> qconv validate flags (to reproduce a validation run with non-default gates).
-_GATE_FLAGS = {
-    "min_cosine": "--min-cosine",
-    "min_cosine_mean": "--min-cosine-mean",
-    "max_abs_delta": "--max-delta",
-    "max_abs_score_diff": "--max-score-diff",
-    "min_top1_agreement": "--min-top1",
-}
 
 
 def _q(value: Any) -> str:
@@ -74,42 +67,27 @@ def _export_command(data: _CardData, out: str) -> list[str]:
 def _build_command(art: Artifact, variant: str, out: str) -> str:
     """The command that made a (non-base) variant, from its manifest entry."""
     entry = art.variants[variant]
-    if entry.get("command"):
-        command = entry["command"]
-        return command if isinstance(command, str) else " ".join(_q(c) for c in command)
     source = f" --from {_q(entry['from'])}" if entry.get("from", BASE_VARIANT) != BASE_VARIANT else ""
     if entry.get("stage") == "optimize" and entry.get("level"):
         target = f" --target {_q(entry['target'])}" if entry.get("target", "cpu") != "cpu" else ""
         return f"qconv optimize {out} --level {_q(entry['level'])}{target}{source}"
     if entry.get("stage") != "quantize":
         return f"# {variant}: made by the '{entry.get('stage')}' stage (see variants.{variant} in qconv.json)"
-    from qconv.convert.quantize import MODES
+    from qconv.convert.quantize import config_of_record
+    from qconv.pipeline.options import to_argv
 
-    mode = entry.get("mode", entry.get("precision"))
-    options = entry.get("options") or {}
-    args = [f"qconv quantize {out} --mode {_q(mode)}{source}"]
-    if options.get("per_channel") is False:
-        args.append("--per-tensor")
-    if mode == "int8" and options.get("preset"):
-        args.append(f"--preset {_q(options['preset'])}")
-    if mode in ("q8", "q4", "q4f16"):
-        if options.get("block_size", 32) != 32:
-            args.append(f"--block-size {options['block_size']}")
-        if options.get("accuracy_level") is not None:
-            args.append(f"--accuracy-level {options['accuracy_level']}")
-    default_embeddings = MODES[mode].embeddings_by_default if mode in MODES else None
-    if options.get("quantize_embeddings") is not None and options["quantize_embeddings"] != default_embeddings:
-        args.append("--quantize-embeddings" if options["quantize_embeddings"] else "--no-quantize-embeddings")
-    args += [f"--exclude {_q(p)}" for p in options.get("exclude") or []]
-    for flag in ("smooth", "keep", "recover", "calibration"):
-        if options.get(flag) is not None:
-            args.append(f"--{flag} {_q(str(options[flag]))}")
-    return " ".join(args)
+    # The stored config, printed by the mapping the CLI's options are generated from.
+    config = config_of_record(entry)
+    if config is None:
+        return f"# {variant}: made by quantize --mode {entry.get('mode')}, a mode this qconv does not have"
+    return " ".join(
+        [f"qconv quantize {out} --mode {_q(config.mode)}"] + [_q(a) for a in to_argv(config, skip=("mode",))]
+    )
 
 
 def _validate_command(data: _CardData, summary: dict, out: str) -> str:
     from qconv.validate.datasets import DATASETS
-    from qconv.validate.thresholds import thresholds_for
+    from qconv.validate.thresholds import GATES, gate_name, thresholds_for
 
     report = data.report(summary)
     spec = DATASETS.get(summary["dataset"])
@@ -143,10 +121,14 @@ def _validate_command(data: _CardData, summary: dict, out: str) -> str:
     thresholds = report.get("thresholds") or {}
     if thresholds:
         precision = data.art.variants.get(summary["variant"], {}).get("precision", "fp32")
-        defaults = thresholds_for(data.task, precision)
+        try:
+            defaults = thresholds_for(data.task, precision)
+        except QconvError:  # no defaults declared (any more): every recorded gate was chosen
+            defaults = {}
         for key, value in thresholds.items():
-            if defaults.get(key) != value and key in _GATE_FLAGS:
-                args.append(f"{_GATE_FLAGS[key]} {value:g}")
+            name = gate_name(key, strict=False)  # reports written before the gates had one name: legacy keys
+            if name in GATES and defaults.get(name) != value:
+                args.append(f"{GATES[name].flag} {value:g}")
     return " ".join(args)
 
 

@@ -19,9 +19,6 @@ from typing import Any, Literal
 from qconv.errors import QconvError
 from qconv.tasks import TASKS, get_task
 
-LEVELS = ("O1", "O2", "O3", "O4")
-TARGETS = ("cpu", "cuda")
-SHAPES = ("tiny", "qwen3-0.6b", "qwen3-4b", "qwen3-8b")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -62,32 +59,34 @@ class OptimizeStage:
     source: str = field(default="model", metadata=_key("from"))
 
 
-@dataclass
-class QuantizeStage:
-    mode: Literal["int8", "q8", "q4", "q4f16", "fp16"]
-    source: str = field(default="model", metadata=_key("from"))
-    per_channel: bool = True
-    preset: Literal["avx512_vnni", "avx2", "arm64"] | None = None
-    block_size: int = field(default=32, metadata=_one_of(16, 32, 64, 128, 256))
-    accuracy_level: int | None = field(default=None, metadata=_at_least(0, 4))
-    quantize_embeddings: bool | None = None
-    exclude: list[str] = field(default_factory=list)
-    smooth: str | None = None  # SmoothQuant alpha in (0, 1] or "auto"
-    keep: str | None = None  # auto | N | patterns: weight MatMuls kept fp32
-    recover: Literal["auto"] | None = None  # the accuracy-recovery ladder (int8)
-    calibration: str | None = None  # calibration texts file (default: qconv's built-in pairs)
+# Stage kind -> its config dataclass; the quantize stage's is the mode's (``quantize_config``), chosen by 'mode'.
+STAGES: dict[str, type | None] = {"optimize": OptimizeStage, "quantize": None}
 
 
-STAGES: dict[str, type] = {"optimize": OptimizeStage, "quantize": QuantizeStage}
+def quantize_modes() -> dict:
+    from qconv.convert.quantize import MODES
+
+    return MODES
 
 
-@dataclass
-class Thresholds:
-    min_cosine: float | None = None
-    min_cosine_mean: float | None = None
-    max_delta: float | None = None
-    max_score_diff: float | None = None
-    min_top1: float | None = None
+def stage_kind(obj) -> str | None:
+    """The recipe 'stage' of a stage config (None: not a stage)."""
+    from qconv.convert.quantize import QuantizeConfig
+
+    if isinstance(obj, QuantizeConfig):
+        return "quantize"
+    return next((k for k, v in STAGES.items() if v is not None and isinstance(obj, v)), None)
+
+
+def _thresholds_class() -> type:
+    """The recipe's ``thresholds``: one optional bound per declared gate (qconv.validate.thresholds.GATES)."""
+    from qconv.validate.thresholds import GATES
+
+    fields = [(g.name, float | None, field(default=None, metadata={"help": g.help})) for g in GATES.values()]
+    return dataclasses.make_dataclass("Thresholds", fields)
+
+
+Thresholds = _thresholds_class()
 
 
 @dataclass
@@ -126,7 +125,7 @@ class Recipe:
     model: ModelSource
     description: str | None = None
     export: Any = None  # the task's export config (Task.export_config), chosen by 'task'
-    stages: list[OptimizeStage | QuantizeStage] = field(default_factory=list)
+    stages: list[Any] = field(default_factory=list)  # OptimizeStage, or the quantize mode's config
     validate: list[ValidateStep] = field(default_factory=list)
     fallback: FallbackStep | None = None
     card: bool = True
@@ -339,8 +338,32 @@ class _Reader:
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
                 raise self.error(kind_node, f"{where}.stage: unknown stage '{kind}' ({' | '.join(STAGES)}){suggestion}")
             rest = yaml.MappingNode(item.tag, [(k, v) for k, v in item.value if k.value != "stage"], item.start_mark)
-            stages.append(self.build(rest, STAGES[kind], where, what=f"{kind} stage"))
+            if kind == "quantize":
+                stages.append(self._quantize_stage(rest, where))
+            else:
+                stages.append(self.build(rest, STAGES[kind], where, what=f"{kind} stage"))
         return stages
+
+    def _quantize_stage(self, node, where: str):
+        """The quantize stage's schema is its mode's config: 'mode' chooses it, like 'task' chooses export's."""
+        from qconv.convert.quantize import owners_of
+
+        modes = quantize_modes()
+        mode_node = self._child(node, "mode")
+        if mode_node is None:
+            raise self.error(node, f"{where}: missing required key 'mode' ({' | '.join(modes)})")
+        mode = self._scalar(mode_node, f"{where}.mode")
+        if mode not in modes:
+            raise self.error(mode_node, f"{where}.mode: '{mode}' is not one of {', '.join(modes)}")
+        config = modes[mode].config
+        keys = {f.metadata.get("key", f.name) for f in dataclasses.fields(config)}
+        by_name = {f.metadata.get("key", f.name): f.name for m in modes.values() for f in dataclasses.fields(m.config)}
+        for key_node, _ in node.value:
+            owners = owners_of(by_name[key_node.value]) if key_node.value in by_name else []
+            if key_node.value not in keys and owners:
+                message = f"{where}.{key_node.value}: applies to mode {' or '.join(owners)}, not {mode}"
+                raise self.error(key_node, message)
+        return self.build(node, config, where, what=f"{mode} quantize stage")
 
     @staticmethod
     def _unknown(key: str, where: str, fields: dict, what: str) -> str:
@@ -374,8 +397,9 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     def convert(obj):
         if dataclasses.is_dataclass(obj):
             out = {}
-            if isinstance(obj, tuple(STAGES.values())):
-                out["stage"] = next(k for k, v in STAGES.items() if isinstance(obj, v))
+            kind = stage_kind(obj)
+            if kind:
+                out["stage"] = kind
             for f in dataclasses.fields(obj):
                 if not f.metadata.get("internal"):
                     out[f.metadata.get("key", f.name)] = convert(getattr(obj, f.name))

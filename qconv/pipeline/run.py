@@ -22,7 +22,7 @@ from rich.table import Table
 from qconv.artifact import MANIFEST, Artifact, sha256_file
 from qconv.console import console
 from qconv.errors import GateFailed, QconvError
-from qconv.pipeline.recipe import OptimizeStage, QuantizeStage, Recipe, ValidateStep, load_recipe, recipe_to_dict
+from qconv.pipeline.recipe import OptimizeStage, Recipe, ValidateStep, load_recipe, recipe_to_dict
 
 STEP_KINDS = ("export", "optimize", "quantize", "validate", "fallback", "card", "publish")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -161,7 +161,7 @@ class ExportStep(Step):
 class VariantStep(Step):
     """An optimize or quantize stage: one new variant from a source variant."""
 
-    stage: OptimizeStage | QuantizeStage = None
+    stage: object = None  # OptimizeStage, or the quantize mode's config
     variant: str = ""
 
     @property
@@ -192,7 +192,7 @@ class VariantStep(Step):
         else:
             from qconv.convert.quantize import quantize
 
-            quantize(ctx.art, stage.mode, source_variant=stage.source, options=quantize_options(stage), overwrite=True)
+            quantize(ctx.art, stage.mode, options=stage, overwrite=True)
 
 
 @dataclass
@@ -233,7 +233,9 @@ class ValidateVariantStep(Step):
         )
 
     def run(self, ctx: Context) -> None:
+        from qconv.validate.datasets import dataset_spec
         from qconv.validate.runner import validate_dataset
+        from qconv.validate.thresholds import GATES, gate_keywords
 
         step, gates = self.step, self.step.thresholds
         note = ctx.art.manifest.get("source", {}).get("weights")
@@ -251,18 +253,10 @@ class ValidateVariantStep(Step):
             options["batch_size"] = step.batch_size
         if step.bootstrap is not None:
             options["bootstrap"] = step.bootstrap
-        if ctx.recipe.task == "embedding":
-            options.update(
-                min_cosine=gates.min_cosine, min_cosine_mean=gates.min_cosine_mean, max_abs_delta=gates.max_delta
-            )
-        else:
-            options.update(
-                max_abs_score_diff=gates.max_score_diff,
-                min_top1_agreement=gates.min_top1,
-                max_abs_delta=gates.max_delta,
-            )
-            if step.max_candidates:
-                options["max_candidates"] = step.max_candidates
+        kind = dataset_spec(step.dataset).kind
+        options.update(gate_keywords({g.name: getattr(gates, g.name) for g in GATES.values() if kind in g.kinds}))
+        if step.max_candidates and kind == "rerank":  # candidates per query: only ranking datasets have them
+            options["max_candidates"] = step.max_candidates
         validate_dataset(ctx.art, step.dataset, **options)
 
 
@@ -345,21 +339,14 @@ class PublishStep(Step):
         publish_to_hub(ctx.art, target.repo_id, revision=target.revision, private=target.private)
 
 
-def quantize_options(stage: QuantizeStage):
-    from qconv.convert.quantize import QuantizeOptions
-
-    fields = {f.name for f in dataclasses.fields(QuantizeOptions)}
-    return QuantizeOptions(**{k: v for k, v in dataclasses.asdict(stage).items() if k in fields})
-
-
-def produced_variant(stage: OptimizeStage | QuantizeStage) -> str:
+def produced_variant(stage) -> str:
     if isinstance(stage, OptimizeStage):
         from qconv.convert.optimize import optimized_variant
 
         return optimized_variant(stage.level, stage.target, stage.source)
     from qconv.convert.quantize import quantized_variant
 
-    return quantized_variant(stage.mode, stage.source, quantize_options(stage))
+    return quantized_variant(stage)
 
 
 def model_label(recipe: Recipe, options: RunOptions) -> str:
