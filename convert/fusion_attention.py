@@ -18,8 +18,9 @@ Why not onnxscript's rules (onnxscript 0.7.2), measured on the exported tiny Qwe
 passes: ``sdpa`` matches both layers but ``mha1``/``mha2`` match none (their patterns are built around a
 rotary on heads-first tensors and a past-key Concat, not this graph's q/k norms and repeat_kv), leaving its
 intermediate SDPA function and no MultiHeadAttention. Its whole pipeline (``optimize_for_ort``) instead
-reaches fp32 GroupQueryAttention without the graph's mask (``seqlens_k`` of one element): onnxruntime rejects it at batch 3 ("seqlens_k must have
-batch_size (3) elements, got 1"), and GroupQueryAttention has no fp32 kernel on CUDA.
+reaches fp32 GroupQueryAttention without the graph's mask (``seqlens_k`` of one element): onnxruntime rejects
+it at batch 3 ("seqlens_k must have batch_size (3) elements, got 1"), and GroupQueryAttention has no fp32
+kernel on CUDA.
 """
 
 from __future__ import annotations
