@@ -34,6 +34,8 @@ METRIC_TYPES = {
     "ndcg@10": "ndcg_at_10",
     "recall@10": "recall_at_10",
 }
+
+
 class _TargetProviders(Mapping):
     """The execution providers each precision is made for, as the quantization modes declare them (read when
     used: a mode registered after this import counts)."""
