@@ -55,7 +55,7 @@ def validated_embedding(qwen3_artifact, tmp_path_factory):
     path = copy_of(qwen3_artifact, tmp_path_factory.mktemp("published"))
     variant, _ = quantize(path, "int8")
     assert validate_embedding(path, "sts12", limit=40, offline=True)["passed"]
-    assert validate_embedding(path, "sts12", variant=variant, limit=40, offline=True, max_abs_delta=0.05)["passed"]
+    assert validate_embedding(path, "sts12", variant=variant, limit=40, offline=True, max_delta=0.05)["passed"]
     return path
 
 

@@ -205,7 +205,7 @@ def test_validate_msmarco_bundled_slice(seqcls_copy, run_cli):
     ):
         assert key in report
     assert report["metric"] == "mrr@10" and report["source"] == "bundled-sample" and report["n_queries"] == 12
-    assert report["thresholds"] == {"max_abs_score_diff": 1e-4, "min_top1_agreement": 1.0}
+    assert report["thresholds"] == {"max_score_diff": 1e-4, "min_top1": 1.0}
     assert report["parity"]["max_abs_diff"] <= 1e-4 and report["parity"]["top1_agreement"] == 1.0
     for m in ("mrr@10", "ndcg@10", "recall@10"):
         assert 0.0 <= report["reference"][m] <= 1.0

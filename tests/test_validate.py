@@ -37,7 +37,7 @@ def test_validate_bundled_sts12_writes_reports(artifact_copy):
     assert report["passed"] is True
     assert report["parity"]["cosine_min"] >= 0.99999
     assert abs(report["delta"]) <= 1e-4
-    assert report["thresholds"] == {"min_cosine": 0.99999, "max_abs_delta": 1e-4}
+    assert report["thresholds"] == {"min_cosine": 0.99999, "max_delta": 1e-4}
     assert report["prompt"] == "Instruct: Retrieve semantically similar text.\nQuery:"
     assert report["placement"]["CPUExecutionProvider"]["fallback_nodes"] == 0
     reports = artifact_copy / "reports"

@@ -54,7 +54,7 @@ def validate_embedding(
     dim: int | None = None,
     min_cosine: float | None = None,
     min_cosine_mean: float | None = None,
-    max_abs_delta: float | None = None,
+    max_delta: float | None = None,
     bootstrap: int = metrics.BOOTSTRAP_DEFAULT,
     offline: bool = False,
     note: str | None = None,
@@ -65,7 +65,7 @@ def validate_embedding(
         artifact,
         dataset,
         variant,
-        {"min_cosine": min_cosine, "min_cosine_mean": min_cosine_mean, "max_abs_delta": max_abs_delta},
+        {"min_cosine": min_cosine, "min_cosine_mean": min_cosine_mean, "max_delta": max_delta},
     )
     settings = art.manifest["embedding"]
     if dim is not None and not 1 <= dim <= settings["dimension"]:

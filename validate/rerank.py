@@ -68,9 +68,9 @@ def validate_reranker(
     batch_size: int = 8,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     instruction: str | None = None,
-    max_abs_score_diff: float | None = None,
-    min_top1_agreement: float | None = None,
-    max_abs_delta: float | None = None,
+    max_score_diff: float | None = None,
+    min_top1: float | None = None,
+    max_delta: float | None = None,
     bootstrap: int = metrics.BOOTSTRAP_DEFAULT,
     offline: bool = False,
     note: str | None = None,
@@ -83,9 +83,9 @@ def validate_reranker(
         dataset,
         variant,
         {
-            "max_abs_score_diff": max_abs_score_diff,
-            "min_top1_agreement": min_top1_agreement,
-            "max_abs_delta": max_abs_delta,
+            "max_score_diff": max_score_diff,
+            "min_top1": min_top1,
+            "max_delta": max_delta,
         },
     )
     check_batching(batch_size, batch_tokens)

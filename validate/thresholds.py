@@ -80,12 +80,6 @@ GATES: dict[str, Gate] = {
 }
 _BY_LEGACY = {g.legacy: g.name for g in GATES.values() if g.legacy}
 
-# The exported graph and the fp32 optimize levels: the strictest gates (same computation, other kernels).
-FP32_GATES: dict[str, dict[str, float]] = {
-    "embedding": {"min_cosine": 0.99999, "max_delta": 1e-4},
-    "reranker": {"max_score_diff": 1e-4, "min_top1": 1.0},
-}
-
 
 def gate_name(key: str, strict: bool = True) -> str:
     """The gate's name for a key, also a legacy one (reports written before the rename, older callers)."""
@@ -105,7 +99,10 @@ def check_gates(task: str, gates: dict[str, float], owner: str) -> None:
 def default_gates(task: str, precision: str) -> dict[str, float]:
     """The default gates of a task's variants of one precision; none declared is an error, never fp32's."""
     if precision == "fp32":
-        declared = {"fp32 graphs": FP32_GATES.get(task)}
+        from qconv.tasks import get_task
+
+        # The exported graph and the fp32 optimize levels: the task's strictest gates (same computation).
+        declared = {f"the {task} task's fp32 graphs": get_task(task).exact_gates}
     else:
         from qconv.convert.quantize import MODES
 
@@ -127,12 +124,8 @@ def thresholds_for(task: str, precision: str, overrides: dict[str, float | None]
 
 
 def gate_keywords(values: dict[str, float | None]) -> dict[str, float | None]:
-    """Gate values as the keywords ``validate_embedding`` / ``validate_reranker`` take.
-
-    Transitional: those functions (validate/embedding.py, validate/rerank.py) still take the legacy names;
-    once they take the gate names this is the identity and goes.
-    """
-    return {(GATES[gate_name(k)].legacy or gate_name(k)): v for k, v in values.items()}
+    """Gate values by their names (a legacy name, from an older caller or report, is read as its gate)."""
+    return {gate_name(k): v for k, v in values.items()}
 
 
 def _lookup(report: dict, path: str) -> float:

@@ -45,21 +45,9 @@ def _export_command(data: _CardData, out: str) -> list[str]:
         common.append(f"--opset {options['opset']}")
     if options.get("external_data") is not None:
         common.append("--external-data" if options["external_data"] else "--no-external-data")
-    if data.task == "embedding":
-        args = [f"qconv export embedding --model {_q(model)}"]
-        if options.get("pooling", "auto") != "auto":
-            args.append(f"--pooling {_q(options['pooling'])}")
-        if options.get("normalize") is False:
-            args.append("--no-normalize")
-    else:
-        rr = data.manifest.get("reranker") or {}
-        args = [f"qconv export reranker --model {_q(model)}"]
-        if options.get("seq_cls", rr.get("format") == "seq-cls"):
-            args.append("--seq-cls")
-        if options.get("instruction"):
-            args.append(f"--instruction {_q(options['instruction'])}")
-        if rr.get("max_length"):
-            args.append(f"--max-length {rr['max_length']}")
+    from qconv.tasks import get_task
+
+    args = [f"qconv export {data.task} --model {_q(model)}", *get_task(data.task).export_args(options, data.manifest)]
     lines.append(" ".join(args + common + [f"--output {out}"]))
     return lines
 

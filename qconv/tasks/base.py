@@ -25,6 +25,7 @@ class Task:
     dataset_kind: ClassVar[str]  # the DatasetSpec.kind its validation datasets have
     output: ClassVar[str]  # the graph output parity checks and benchmarks read
     export_config: ClassVar[type]  # typed export options (dataclass): recipe schema and CLI
+    exact_gates: ClassVar[dict[str, float] | None] = None  # default validation gates of its fp32 graphs
 
     # -- export -----------------------------------------------------------------------------------------
     def check_export_config(self, config) -> str | None:
@@ -79,6 +80,10 @@ class Task:
         raise NotImplementedError
 
     # -- description ------------------------------------------------------------------------------------
+    def export_args(self, options: dict, manifest: dict) -> list[str]:
+        """Its ``qconv export <task>`` flags that repeat a recorded export (the card's Reproduce section)."""
+        return []
+
     def describe(self, manifest: dict) -> str:
         """What the artifact is for, in a few words ("sentence embeddings")."""
         return self.name

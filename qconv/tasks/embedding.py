@@ -27,6 +27,8 @@ class EmbeddingTask(Task):
     name = "embedding"
     dataset_kind = "pairs"
     output = "sentence_embedding"
+    # fp32 graphs (the export, the fp32 optimize levels): the same computation, so the strictest gates
+    exact_gates = {"min_cosine": 0.99999, "max_delta": 1e-4}
     export_config = EmbeddingExport
 
     def export(self, source, output, config: EmbeddingExport, **common):
@@ -124,3 +126,14 @@ class EmbeddingTask(Task):
         from qconv.testing.testmodels import create_qwen3_embedding
 
         return create_qwen3_embedding(out, shape=shape, seed=seed, outliers=outliers)
+
+    def export_args(self, options: dict, manifest: dict) -> list[str]:
+        """The ``qconv export embedding`` flags that repeat a recorded export (the card's Reproduce section)."""
+        import shlex
+
+        args = []
+        if options.get("pooling", "auto") != "auto":
+            args.append(f"--pooling {shlex.quote(str(options['pooling']))}")
+        if options.get("normalize") is False:
+            args.append("--no-normalize")
+        return args

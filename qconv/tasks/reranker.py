@@ -27,6 +27,8 @@ class RerankerTask(Task):
     name = "reranker"
     dataset_kind = "rerank"
     output = "logits"
+    # fp32 graphs (the export, the fp32 optimize levels): the same computation, so the strictest gates
+    exact_gates = {"max_score_diff": 1e-4, "min_top1": 1.0}
     export_config = RerankerExport
 
     def check_export_config(self, config: RerankerExport) -> str | None:
@@ -143,3 +145,17 @@ class RerankerTask(Task):
         from qconv.testing.testmodels import create_qwen3_reranker
 
         return create_qwen3_reranker(out, shape=shape, seed=seed, outliers=outliers)
+
+    def export_args(self, options: dict, manifest: dict) -> list[str]:
+        """The ``qconv export reranker`` flags that repeat a recorded export (the card's Reproduce section)."""
+        import shlex
+
+        rr = manifest.get("reranker") or {}
+        args = []
+        if options.get("seq_cls", rr.get("format") == "seq-cls"):
+            args.append("--seq-cls")
+        if options.get("instruction"):
+            args.append(f"--instruction {shlex.quote(str(options['instruction']))}")
+        if rr.get("max_length"):
+            args.append(f"--max-length {rr['max_length']}")
+        return args
