@@ -22,6 +22,14 @@ class RerankerExport:
     external_data: bool | None = None
 
 
+@dataclass
+class RerankerValidate:
+    """The options of a reranker validation (``qconv validate`` on a ranking dataset)."""
+
+    max_candidates: int = field(default=30, metadata={"help": "Candidates per query, positives first."})
+    batch_size: int = field(default=8, metadata={"help": "Pairs per batch."})
+
+
 @register_task
 class RerankerTask(Task):
     name = "reranker"
@@ -143,3 +151,5 @@ class RerankerTask(Task):
         from qconv.testing.testmodels import create_qwen3_reranker
 
         return create_qwen3_reranker(out, shape=shape, seed=seed, outliers=outliers)
+
+    validate_options = RerankerValidate
