@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
@@ -390,6 +391,7 @@ def validate(
     from qconv.artifact import find_artifact
     from qconv.console import console_on_stderr
     from qconv.errors import GateFailed
+    from qconv.tasks import task_for_dataset_kind
     from qconv.validate.datasets import dataset_spec
     from qconv.validate.report import to_json
     from qconv.validate.thresholds import GATES, gate_keywords
@@ -411,36 +413,31 @@ def validate(
     # Each gate applies to the dataset kinds whose reports carry its value (qconv.validate.thresholds.GATES).
     applies = {name: value for name, value in gates.items() if spec.kind in GATES[name].kinds}
     elsewhere = {name: value for name, value in gates.items() if name not in applies}
+    task = task_for_dataset_kind(spec.kind)
+    # The task-specific options: the task declares its own (and their defaults); the others' are refused.
+    specific = {"max_candidates": max_candidates, "batch_size": batch_size, "dim": dim}
+    declared = {f.name for f in dataclasses.fields(task.validate_options)} if task.validate_options else set()
+    others = {name: value for name, value in specific.items() if name not in declared}
     with console_on_stderr(as_json):
         art = find_artifact(artifact)
-        if spec.kind == "rerank":
-            from qconv.validate.rerank import validate_reranker
-
-            _only_for("reranker", dataset, dim=dim, **elsewhere)
-            report = validate_reranker(
-                art,
-                dataset,
-                max_candidates=max_candidates or 30,
-                batch_size=8 if batch_size is None else batch_size,
-                **gate_keywords(applies),
-                **common,
-            )
-        else:
-            from qconv.validate.embedding import validate_embedding
-
-            _only_for("embedding", dataset, max_candidates=max_candidates, **elsewhere)
-            report = validate_embedding(
-                art,
-                dataset,
-                batch_size=32 if batch_size is None else batch_size,
-                dim=dim,
-                **gate_keywords(applies),
-                **common,
-            )
+        _only_for(task.name, dataset, **others, **elsewhere)
+        given = {name: value for name, value in specific.items() if name in declared and value is not None}
+        own = dataclasses.asdict(task.validate_options(**given)) if task.validate_options else {}
+        report = task.validate(art, dataset, **own, **gate_keywords(applies), **common)
     if as_json:
         click.echo(to_json(report))
     if not report["passed"]:
         raise GateFailed(f"validation failed for {variant} on {dataset}: {'; '.join(report['failures'])}")
+
+
+class _OnlyOption(click.Option):
+    """``--only``: its help lists the registered stages (qconv.pipeline.stages) when shown, not at import."""
+
+    def get_help_record(self, ctx):
+        from qconv.pipeline.stages import stage_kinds
+
+        self.help = f"Only this stage: {'|'.join(stage_kinds())}."
+        return super().get_help_record(ctx)
 
 
 @cli.command("run")
@@ -448,7 +445,7 @@ def validate(
 @click.option("--offline", is_flag=True, help="No Hub access: local models, --data-dir or the bundled samples.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Dataset files named <dataset>.jsonl/.parquet/.csv.")
 @click.option("--output", default="artifacts", show_default=True, type=click.Path(file_okay=False))
-@click.option("--only", help="Only this stage: export|optimize|quantize|validate|fallback|card|publish.")
+@click.option("--only", cls=_OnlyOption, help="Only this stage.")
 @click.option("--model", help="A local copy of the recipe's model (instead of its Hub id).")
 @click.option("--publish", is_flag=True, help="Also run the recipe's publish step (needs HF_TOKEN).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what runs, what is up to date) and stop.")

@@ -162,3 +162,76 @@ def test_gates_have_one_name(run_cli):
     for gate in GATES.values():
         assert gate.flag == "--" + gate.name.replace("_", "-") and gate.flag in out
         assert gate.name in Thresholds.__dataclass_fields__
+
+
+# -- a dummy task ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dummy_task():
+    """A task registered in one place: the embedding task under another name, with its own export option."""
+    from qconv.tasks import TASKS, register_task
+    from qconv.tasks.embedding import EmbeddingExport, EmbeddingTask
+
+    @dataclass
+    class DummyExport(EmbeddingExport):
+        flavour: str = "plain"
+
+    @register_task
+    class DummyTask(EmbeddingTask):
+        name = "dummy"
+        export_config = DummyExport
+
+    yield DummyTask
+    TASKS.pop("dummy", None)
+
+
+TASK_RECIPE = """\
+name: dummytask
+task: dummy
+model:
+  testmodel: {shape: tiny}
+export:
+  flavour: salty
+stages:
+  - stage: quantize
+    mode: fp16
+validate:
+  - dataset: sts12
+    limit: 8
+"""
+
+
+def test_a_registered_task_is_in_the_recipe_schema_and_the_plan(dummy_task, run_cli, tmp_path):
+    from qconv.pipeline.recipe import load_recipe, recipe_to_dict
+    from qconv.pipeline.run import RunOptions, run_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(TASK_RECIPE, encoding="utf-8")
+    recipe = load_recipe(path)
+    assert isinstance(recipe.export, dummy_task.export_config) and recipe.export.flavour == "salty"
+    assert recipe_to_dict(recipe)["export"]["flavour"] == "salty"
+    code, _, err = run_cli("run", path, "--dry-run", "--offline", "--output", tmp_path / "out")
+    assert code == 0, err
+    result = run_recipe(path, RunOptions(dry_run=True, offline=True, output=tmp_path / "out"))
+    assert [row["action"] for row in result["plan"]] == [
+        "export dummy from built-in random Qwen3 (tiny)",
+        "quantize model -> fp16 (fp16)",
+        "validate model on sts12, first 8",
+        "validate fp16 on sts12, first 8",
+        "model card (README.md)",
+    ]
+    code, out, _ = run_cli("run", "--help")
+    assert code == 0 and "export|optimize|quantize|validate|fallback|card|publish" in "".join(out.split())
+    for recipe_text, needle in (
+        (TASK_RECIPE.replace("flavour: salty", "flavor: salty"), "recipe.yaml:6: unknown key 'flavor' in export"),
+        (TASK_RECIPE.replace("task: dummy", "task: dumy"), "recipe.yaml:2: task: 'dumy' is not one of"),
+        (
+            TASK_RECIPE.replace("dataset: sts12", "dataset: msmarco"),
+            "recipe.yaml:11: validate[0].dataset: 'msmarco' is not a dataset for dummy recipes (sts12, bq)",
+        ),
+    ):
+        path.write_text(recipe_text, encoding="utf-8")
+        code, _, err = run_cli("run", path, "--dry-run", "--output", tmp_path / "out")
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

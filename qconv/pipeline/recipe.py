@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qconv.errors import QconvError
+from qconv.pipeline.configs import FallbackStep, OptimizeStage, PublishTarget, Thresholds, ValidateStep, at_least
 from qconv.tasks import TASKS, get_task
+
+# The stage configs are declared in qconv.pipeline.configs; these names are the schema's public face.
+__all__ = ["FallbackStep", "OptimizeStage", "PublishTarget", "Recipe", "Thresholds", "ValidateStep", "load_recipe"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _key(name: str):
-    """A field whose YAML key differs from its Python name (``from`` is a keyword)."""
-    return {"key": name}
-
-
 def _at_least(low: int, high: int | None = None):
-    """A number checked at load time: at least ``low`` (and at most ``high``)."""
-    return {"range": (low, high)}
+    return at_least(low, high)
 
 
 def _one_of(*values):
@@ -52,15 +50,12 @@ class ModelSource:
     testmodel: TestModel | None = None
 
 
-@dataclass
-class OptimizeStage:
-    level: Literal["O1", "O2", "O3", "O4"]
-    target: Literal["cpu", "cuda"] = "cpu"
-    source: str = field(default="model", metadata=_key("from"))
+def variant_stage_configs() -> dict[str, type | None]:
+    """The kinds a ``stages:`` entry may name, with their configs (qconv.pipeline.stages registers them); the
+    quantize stage's config is None here: its mode's (``quantize_config``), chosen by 'mode'."""
+    from qconv.pipeline.stages import STAGES
 
-
-# Stage kind -> its config dataclass; the quantize stage's is the mode's (``quantize_config``), chosen by 'mode'.
-STAGES: dict[str, type | None] = {"optimize": OptimizeStage, "quantize": None}
+    return {kind: cls.config for kind, cls in STAGES.items() if cls.section == "stages"}
 
 
 def quantize_modes() -> dict:
@@ -70,52 +65,10 @@ def quantize_modes() -> dict:
 
 
 def stage_kind(obj) -> str | None:
-    """The recipe 'stage' of a stage config (None: not a stage)."""
-    from qconv.convert.quantize import QuantizeConfig
+    """The recipe 'stage' of a ``stages:`` entry's config (None: not one)."""
+    from qconv.pipeline.stages import STAGES
 
-    if isinstance(obj, QuantizeConfig):
-        return "quantize"
-    return next((k for k, v in STAGES.items() if v is not None and isinstance(obj, v)), None)
-
-
-def _thresholds_class() -> type:
-    """The recipe's ``thresholds``: one optional bound per declared gate (qconv.validate.thresholds.GATES)."""
-    from qconv.validate.thresholds import GATES
-
-    fields = [(g.name, float | None, field(default=None, metadata={"help": g.help})) for g in GATES.values()]
-    return dataclasses.make_dataclass("Thresholds", fields)
-
-
-Thresholds = _thresholds_class()
-
-
-@dataclass
-class ValidateStep:
-    dataset: str
-    split: str | None = None
-    limit: int | None = field(default=None, metadata=_at_least(1))
-    variants: list[str] | None = None  # default: every variant the recipe produces
-    providers: list[str] | None = field(default=None, metadata={"providers": "available"})
-    batch_size: int | None = field(default=None, metadata=_at_least(1))
-    instruction: str | None = None  # None = the default, '' = no instruction
-    max_candidates: int | None = field(default=None, metadata=_at_least(1))
-    bootstrap: int | None = field(default=None, metadata=_at_least(0))  # resamples for the 95% intervals; 0 = off
-    thresholds: Thresholds = field(default_factory=Thresholds)
-
-
-@dataclass
-class FallbackStep:
-    providers: list[str] = field(
-        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"], metadata={"providers": "known"}
-    )
-    variants: list[str] | None = None  # default: every variant the recipe produces
-
-
-@dataclass
-class PublishTarget:
-    repo_id: str
-    revision: str | None = None
-    private: bool = False
+    return next((k for k, cls in STAGES.items() if cls.section == "stages" and cls.owns(obj)), None)
 
 
 @dataclass
@@ -329,19 +282,20 @@ class _Reader:
             if not isinstance(item, yaml.MappingNode):
                 raise self.error(item, f"{where}: expected a mapping with a 'stage' key")
             list(self._items(item, where))  # duplicate or non-scalar keys, before 'stage' is looked up
+            kinds = variant_stage_configs()
             kind_node = self._child(item, "stage")
             if kind_node is None:
-                raise self.error(item, f"{where}: missing key 'stage' ({' | '.join(STAGES)})")
+                raise self.error(item, f"{where}: missing key 'stage' ({' | '.join(kinds)})")
             kind = kind_node.value
-            if kind not in STAGES:
-                hint = difflib.get_close_matches(str(kind), STAGES, n=1)
+            if kind not in kinds:
+                hint = difflib.get_close_matches(str(kind), list(kinds), n=1)
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-                raise self.error(kind_node, f"{where}.stage: unknown stage '{kind}' ({' | '.join(STAGES)}){suggestion}")
+                raise self.error(kind_node, f"{where}.stage: unknown stage '{kind}' ({' | '.join(kinds)}){suggestion}")
             rest = yaml.MappingNode(item.tag, [(k, v) for k, v in item.value if k.value != "stage"], item.start_mark)
-            if kind == "quantize":
+            if kinds[kind] is None:  # the quantize stage: its schema is chosen by 'mode'
                 stages.append(self._quantize_stage(rest, where))
             else:
-                stages.append(self.build(rest, STAGES[kind], where, what=f"{kind} stage"))
+                stages.append(self.build(rest, kinds[kind], where, what=f"{kind} stage"))
         return stages
 
     def _quantize_stage(self, node, where: str):

@@ -153,6 +153,11 @@ class Task:
         """Write a random-weight checkpoint of this task's model (qconv/testing/testmodels.py)."""
         raise QconvError(f"qconv has no test model for the {self.name} task")
 
+    # -- validate options (qconv validate, the recipe runner) -------------------------------------------
+    # A dataclass of the options only this task's validation takes, with their defaults (None: none). The
+    # CLI refuses the others' options on this task's datasets; the runner passes the ones a recipe gives.
+    validate_options: ClassVar[type | None] = None
+
 
 TASKS: dict[str, Task] = {}
 

@@ -22,6 +22,14 @@ class EmbeddingExport:
     external_data: bool | None = None
 
 
+@dataclass
+class EmbeddingValidate:
+    """The options of an embedding validation (``qconv validate`` on a pairs dataset)."""
+
+    batch_size: int = field(default=32, metadata={"help": "Texts per batch."})
+    dim: int | None = field(default=None, metadata={"help": "Matryoshka: truncate embeddings to D dimensions."})
+
+
 @register_task
 class EmbeddingTask(Task):
     name = "embedding"
@@ -126,6 +134,8 @@ class EmbeddingTask(Task):
         from qconv.testing.testmodels import create_qwen3_embedding
 
         return create_qwen3_embedding(out, shape=shape, seed=seed, outliers=outliers)
+
+    validate_options = EmbeddingValidate
 
     def export_args(self, options: dict, manifest: dict) -> list[str]:
         """The ``qconv export embedding`` flags that repeat a recorded export (the card's Reproduce section)."""

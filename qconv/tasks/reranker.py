@@ -22,6 +22,14 @@ class RerankerExport:
     external_data: bool | None = None
 
 
+@dataclass
+class RerankerValidate:
+    """The options of a reranker validation (``qconv validate`` on a ranking dataset)."""
+
+    max_candidates: int = field(default=30, metadata={"help": "Candidates per query, positives first."})
+    batch_size: int = field(default=8, metadata={"help": "Pairs per batch."})
+
+
 @register_task
 class RerankerTask(Task):
     name = "reranker"
@@ -145,6 +153,8 @@ class RerankerTask(Task):
         from qconv.testing.testmodels import create_qwen3_reranker
 
         return create_qwen3_reranker(out, shape=shape, seed=seed, outliers=outliers)
+
+    validate_options = RerankerValidate
 
     def export_args(self, options: dict, manifest: dict) -> list[str]:
         """The ``qconv export reranker`` flags that repeat a recorded export (the card's Reproduce section)."""
