@@ -154,7 +154,7 @@ class QuantizationMode:
 
     ``options`` is a dataclass of the mode's own options (fields with ``qconv.pipeline.options.option``
     metadata: help, allowed values, range); the common options are added around it (``config``, built at
-    registration). ``gates``: task -> default validation gates (``qconv.validate.thresholds.GATES`` names);
+    registration). ``gates``: task -> default validation gates (``qconv.gates.GATES`` names);
     a task the mode declares none for cannot validate its variants. ``providers``: the execution providers
     its variants are made for (the card).
     """
@@ -185,7 +185,7 @@ MODES: dict[str, QuantizationMode] = {}
 
 def register(cls: type[QuantizationMode]) -> type[QuantizationMode]:
     """Class decorator: the mode's config class is generated and its gates checked here, once."""
-    from qconv.validate.thresholds import check_gates
+    from qconv.gates import check_gates
 
     if cls.name in MODES:
         raise ValueError(f"quantization mode '{cls.name}' is registered twice")

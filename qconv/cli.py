@@ -321,7 +321,7 @@ def _validate(art, dataset: str, **options) -> dict:
 
 def _gate_options(command):
     """One ``qconv validate`` option per declared gate: flag, help and name from the declaration."""
-    from qconv.validate.thresholds import GATES
+    from qconv.gates import GATES
 
     for gate in reversed(GATES.values()):
         command = click.option(gate.flag, gate.name, type=float, help=gate.help)(command)
@@ -391,10 +391,10 @@ def validate(
     from qconv.artifact import find_artifact
     from qconv.console import console_on_stderr
     from qconv.errors import GateFailed
+    from qconv.gates import GATES, gate_keywords
     from qconv.tasks import task_for_dataset_kind
     from qconv.validate.datasets import dataset_spec
     from qconv.validate.report import to_json
-    from qconv.validate.thresholds import GATES, gate_keywords
 
     spec = dataset_spec(dataset)
     common = dict(
@@ -410,7 +410,7 @@ def validate(
         batch_tokens=batch_tokens,
         raise_on_fail=False,
     )
-    # Each gate applies to the dataset kinds whose reports carry its value (qconv.validate.thresholds.GATES).
+    # Each gate applies to the dataset kinds whose reports carry its value (qconv.gates.GATES).
     applies = {name: value for name, value in gates.items() if spec.kind in GATES[name].kinds}
     elsewhere = {name: value for name, value in gates.items() if name not in applies}
     task = task_for_dataset_kind(spec.kind)

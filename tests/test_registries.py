@@ -103,8 +103,8 @@ def test_a_registered_mode_is_in_the_recipe_schema_and_the_plan(dummy_mode, run_
 def test_a_registered_mode_is_in_the_manifest_the_gates_and_the_card(dummy_mode, artifact_copy):
     from qconv.artifact import Artifact
     from qconv.convert.quantize import QuantizeOptions, quantize
+    from qconv.gates import thresholds_for
     from qconv.hub.card import TARGET_PROVIDERS, reproduce_commands
-    from qconv.validate.thresholds import thresholds_for
 
     variant, entry = quantize(artifact_copy, "dummy", options=QuantizeOptions(strength=3))
     assert variant == "dummy_s3" and entry["precision"] == "dummy" and entry["details"] == {"strength": 3}
@@ -124,8 +124,8 @@ def test_a_registered_mode_is_in_the_manifest_the_gates_and_the_card(dummy_mode,
 
 def test_every_shipped_mode_declares_gates_for_every_task():
     from qconv.convert.quantize import MODES
+    from qconv.gates import thresholds_for
     from qconv.tasks import TASKS
-    from qconv.validate.thresholds import thresholds_for
 
     for mode in MODES.values():
         for task in TASKS:
@@ -154,8 +154,8 @@ def test_the_reproduce_command_of_every_mode_parses_back_to_its_config(run_cli):
 
 
 def test_gates_have_one_name(run_cli):
+    from qconv.gates import GATES
     from qconv.pipeline.recipe import Thresholds
-    from qconv.validate.thresholds import GATES
 
     code, out, _ = run_cli("validate", "--help")
     assert code == 0

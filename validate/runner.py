@@ -14,12 +14,12 @@ from rich.table import Table
 from qconv.artifact import REPORTS_DIR, Artifact, now_iso
 from qconv.console import console
 from qconv.errors import GateFailed, QconvError
+from qconv.gates import check, thresholds_for
 from qconv.tasks import task_for_dataset_kind
 
 from . import metrics
 from .datasets import DatasetSpec, dataset_spec
 from .report import Figure, write_report
-from .thresholds import check, thresholds_for
 
 
 def _a(word: str) -> str:

@@ -74,8 +74,8 @@ def _build_command(art: Artifact, variant: str, out: str) -> str:
 
 
 def _validate_command(data: _CardData, summary: dict, out: str) -> str:
+    from qconv.gates import GATES, gate_name, thresholds_for
     from qconv.validate.datasets import DATASETS
-    from qconv.validate.thresholds import GATES, gate_name, thresholds_for
 
     report = data.report(summary)
     spec = DATASETS.get(summary["dataset"])

@@ -31,8 +31,8 @@ class OptimizeStage:
 
 
 def _thresholds_class() -> type:
-    """The recipe's ``thresholds``: one optional bound per declared gate (qconv.validate.thresholds.GATES)."""
-    from qconv.validate.thresholds import GATES
+    """The recipe's ``thresholds``: one optional bound per declared gate (qconv.gates.GATES)."""
+    from qconv.gates import GATES
 
     fields = [(g.name, float | None, field(default=None, metadata={"help": g.help})) for g in GATES.values()]
     return dataclasses.make_dataclass("Thresholds", fields)

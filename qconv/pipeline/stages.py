@@ -317,10 +317,10 @@ class ValidateStage(Stage):
         )
 
     def run(self, ctx: Context) -> None:
+        from qconv.gates import GATES, gate_keywords
         from qconv.tasks import task_for_dataset_kind
         from qconv.validate.datasets import dataset_spec
         from qconv.validate.runner import validate_dataset
-        from qconv.validate.thresholds import GATES, gate_keywords
 
         step, gates = self.settings, self.settings.thresholds
         note = ctx.art.manifest.get("source", {}).get("weights")

@@ -1,5 +1,6 @@
-"""Validation gates: each declared once (GATES); defaults per task for fp32 graphs here, for quantized ones by
-the quantization mode that makes them (``qconv.convert.quantize``: each mode declares its gates per task).
+"""Validation gates, each declared once (GATES), and their defaults: for fp32 graphs the task's
+(``Task.exact_gates``), for quantized ones the quantization mode's (``qconv.convert.quantize``: each mode
+declares its gates per task). A foundation module: convert/ declares gates and validate/ checks them.
 
 A gate names a value in the report and a bound; its name is the recipe ``thresholds`` key, the report's
 ``thresholds`` key, the ``qconv validate`` flag (``--max-delta``) and the keyword of the validation API.
