@@ -38,7 +38,12 @@ class OutlierPlan:
     # post-norm |value| / median of all values, reached by 95% of the ordinary tokens, per channel
     channel_ratios: tuple[float, ...] = (60.0, 80.0, 100.0)
     channel_offset: float = 0.3  # residual offset of the outlier channels (3x the embedding std)
-    channel_write_scale: float = 0.05  # other layers' writes into the outlier channels (the offset dominates)
+    # Other layers' writes into the outlier channels. Zero keeps each channel's offset exact on every token:
+    # with random writes on top, some tokens land near zero there and the gamma that lifts even those to
+    # the ratio overflows fp16 at the 0.6B shape (1.8e5 measured), which trained checkpoints never do.
+    channel_write_scale: float = 0.0
+    generator_activation: float = 4.0  # gate/up pre-activation of the generator units on trigger tokens
+    max_gamma: float = 2.0e4  # every planted weight stays well inside fp16 (65504), as in trained models
     depth_growth: float = 1.0  # layer l's writes scaled by 1 + depth_growth * l / layers
 
 
@@ -124,6 +129,17 @@ def plant_outliers(base_model, trigger_ids: list[int], *, seed: int = 0, plan: O
         # residual there is linear in them).
         ids, on_trigger = _calibration_ids(trigger_ids, config.vocab_size, seed)
         captured = {}
+        # The generator units read the trigger dim with the weight that gives them a moderate activation on
+        # trigger tokens (a unit weight gave ~0.05 at the 0.6B shape, so down_proj needed 2e7 to reach 1e4).
+        gen_norm = blocks[gen].post_attention_layernorm
+        hook = gen_norm.register_forward_hook(lambda m, i, o: captured.__setitem__("gen_norm", o))
+        try:
+            base_model(input_ids=ids)
+        finally:
+            hook.remove()
+        read = captured["gen_norm"][0, on_trigger, trigger_dim].abs().mean()
+        for proj in (mlp.gate_proj, mlp.up_proj):
+            proj.weight[gen_units, trigger_dim] = plan.generator_activation / read
         norms = [
             (block.input_layernorm, (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj))
             for block in blocks
@@ -156,7 +172,7 @@ def plant_outliers(base_model, trigger_ids: list[int], *, seed: int = 0, plan: O
                 median = normalized.abs().median()
                 for channel, ratio in zip(channels, plan.channel_ratios):
                     low = torch.quantile(normalized[:, channel].abs(), 0.05)
-                    gamma = float(ratio * median / low)
+                    gamma = min(float(ratio * median / low), plan.max_gamma)
                     norm.weight[channel] = gamma
                     for reader in readers:
                         reader.weight[:, channel] /= gamma
