@@ -93,6 +93,22 @@ def test_outlier_model_has_the_published_activation_shape(outlier_qwen3):
         assert (channel_peak >= 50 * values.median()).all()  # on every ordinary token, after every norm
 
 
+def test_outlier_weights_stay_inside_fp16_at_the_0_6b_shape(tmp_path):
+    """Trained checkpoints store every weight in fp16/bf16 range; at the 0.6B shape the generator's down_proj
+    once needed 2.3e7 (its units read the trigger dim with weight 1.0, which the wide norm shrinks to ~0.05)."""
+    import torch
+    from transformers import AutoModel
+
+    from qconv.testing.testmodels import create_test_model
+
+    path = create_test_model(tmp_path / "m", "qwen3-0.6b", "embedding", layers=4, outliers=True)
+    model = AutoModel.from_pretrained(path, dtype=torch.float32)
+    largest = {name: float(p.detach().abs().max()) for name, p in model.named_parameters()}
+    outside = {name: value for name, value in largest.items() if value >= 65504}
+    assert not outside, outside
+    assert largest["layers.2.mlp.down_proj.weight"] < 1e3  # the generator writes ~1.4e4 with moderate weights
+
+
 def test_outlier_model_fp16_holds_and_plain_int8_collapses(outlier_copy):
     """Realistic, not adversarial: fp16 stays at cosine >= 0.999; today's plain INT8 fails (cos_min < 0.9)."""
     from qconv.convert.quantize import QuantizeOptions, quantize
