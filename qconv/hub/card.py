@@ -352,18 +352,6 @@ def _delta_cell(data: _CardData, summary: dict) -> str:
     return text
 
 
-def _fallback_cell(data: _CardData, variant: str) -> str:
-    placement = data.placement(variant)
-    if not placement:
-        return "not analysed"
-    cells = []
-    for provider, r in placement.items():
-        n = r.get("fallback_nodes", 0)
-        copies = r.get("partition_boundaries", 0)
-        cells.append(f"{_short(provider)}: " + ("no fallback" if not n else f"{n} nodes to CPU, {copies} copies/run"))
-    return "<br>".join(cells)
-
-
 def _variant_rows(data: _CardData) -> list[dict[str, str]]:
     """The variants table, the base graph first."""
     art = data.art
