@@ -236,12 +236,7 @@ def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
 class Rung:
     name: str
     mode: str
-    changes: dict  # QuantizeOptions fields this rung sets
-
-    def options(self, base):
-        from dataclasses import replace
-
-        return replace(base, **self.changes, recover=None)
+    changes: dict  # config fields this rung sets (applied by quantize._rung_config)
 
 
 # Fastest first: the int8 rungs all run MatMulInteger (smoothing costs nothing at run time; each kept
