@@ -391,7 +391,7 @@ def validate(
     from qconv.artifact import find_artifact
     from qconv.console import console_on_stderr
     from qconv.errors import GateFailed
-    from qconv.gates import GATES, gate_keywords
+    from qconv.gates import GATES
     from qconv.tasks import task_for_dataset_kind
     from qconv.validate.datasets import dataset_spec
     from qconv.validate.report import to_json
@@ -423,7 +423,7 @@ def validate(
         _only_for(task.name, dataset, **others, **elsewhere)
         given = {name: value for name, value in specific.items() if name in declared and value is not None}
         own = dataclasses.asdict(task.validate_options(**given)) if task.validate_options else {}
-        report = task.validate(art, dataset, **own, **gate_keywords(applies), **common)
+        report = task.validate(art, dataset, **own, **applies, **common)
     if as_json:
         click.echo(to_json(report))
     if not report["passed"]:

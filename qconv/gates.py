@@ -124,11 +124,6 @@ def thresholds_for(task: str, precision: str, overrides: dict[str, float | None]
     return chosen
 
 
-def gate_keywords(values: dict[str, float | None]) -> dict[str, float | None]:
-    """Gate values by their names (a legacy name, from an older caller or report, is read as its gate)."""
-    return {gate_name(k): v for k, v in values.items()}
-
-
 def _lookup(report: dict, path: str) -> float:
     if path == "abs_delta":
         return abs(report["delta"])

@@ -1,8 +1,7 @@
 """Operator placement as onnxruntime really runs it (a profile), compared with the static analysis.
 
 The static analysis (kernel tables, type inference, ``analyse``) lives in ``qconv.kernels`` so that
-``convert/`` can use it without importing ``validate/``; its names are re-exported here for the callers
-that ask ``validate.fallback`` for them.
+``convert/`` can use it without importing ``validate/``.
 """
 
 from __future__ import annotations
@@ -11,19 +10,6 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-
-from qconv.kernels import KNOWN_PROVIDERS, analyse, infer_types, load_graph, table_for
-
-__all__ = [
-    "KNOWN_PROVIDERS",
-    "analyse",
-    "compare_runtime",
-    "dummy_feeds",
-    "infer_types",
-    "load_graph",
-    "runtime_placement",
-    "table_for",
-]
 
 
 def runtime_placement(model_path: Path, provider: str, feeds: dict) -> dict | None:

@@ -9,8 +9,9 @@ from rich.table import Table
 from qconv.artifact import Artifact, write_json_atomic
 from qconv.console import console
 from qconv.errors import QconvError
+from qconv.kernels import KNOWN_PROVIDERS, analyse, load_graph
 
-from .fallback import KNOWN_PROVIDERS, analyse, compare_runtime, dummy_feeds, load_graph, runtime_placement
+from .fallback import compare_runtime, dummy_feeds, runtime_placement
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 

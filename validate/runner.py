@@ -78,7 +78,7 @@ def note_truncated(truncated: int, total: int, what: str, max_length: int) -> No
 
 def placement_summary(art: Artifact, variant: str, providers: list[str]) -> dict:
     """Static placement of the validated variant on the providers it ran on (see ``qconv fallback``)."""
-    from .fallback import analyse, load_graph
+    from qconv.kernels import analyse, load_graph
 
     model = load_graph(art.variant_path(variant))
     summary = {}

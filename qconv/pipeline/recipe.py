@@ -179,8 +179,8 @@ class _Reader:
             raise self.error(node, f"{where}: {value} is not one of {', '.join(map(str, choices))}")
         providers = f.metadata.get("providers")
         if providers:
+            from qconv.kernels import KNOWN_PROVIDERS
             from qconv.runtime.embedder import _available_providers
-            from qconv.validate.fallback import KNOWN_PROVIDERS
 
             allowed = _available_providers() if providers == "available" else KNOWN_PROVIDERS
             unknown = [p for p in value if p not in allowed]

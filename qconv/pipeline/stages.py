@@ -317,7 +317,7 @@ class ValidateStage(Stage):
         )
 
     def run(self, ctx: Context) -> None:
-        from qconv.gates import GATES, gate_keywords
+        from qconv.gates import GATES
         from qconv.tasks import task_for_dataset_kind
         from qconv.validate.datasets import dataset_spec
         from qconv.validate.runner import validate_dataset
@@ -337,7 +337,7 @@ class ValidateStage(Stage):
         if step.bootstrap is not None:
             options["bootstrap"] = step.bootstrap
         kind = dataset_spec(step.dataset).kind
-        options.update(gate_keywords({g.name: getattr(gates, g.name) for g in GATES.values() if kind in g.kinds}))
+        options.update({g.name: getattr(gates, g.name) for g in GATES.values() if kind in g.kinds})
         # The task's own options (batch size, candidates per query): given ones only, the task has the defaults.
         task = task_for_dataset_kind(kind)
         for f in dataclasses.fields(task.validate_options) if task.validate_options else ():
