@@ -685,7 +685,7 @@ def quantize(
                 if config.recover:
                     result, info, spec = _recover(art, model, src, config, excluded, work, calib, external)
                 else:
-                    result, info = _build(spec, model, src, config, excluded, work, calib, external)
+                    result, info, _ = _build(spec, model, src, config, excluded, work, calib, external)
             except QconvError:
                 raise
             except Exception as exc:
@@ -695,7 +695,7 @@ def quantize(
             unique_node_names(result)
             staged = work / target.name
             save_model(result, staged, external)
-            if spec.batch_coupled:
+            if spec.batch_coupled and "batch_coupling" not in info:  # the ladder measured its winner already
                 from .recovery import batch_coupling
 
                 info["batch_coupling"] = batch_coupling(art, staged, src)
@@ -758,38 +758,50 @@ def _weight_matmuls(model, excluded: set[str]) -> list[str]:
     ]
 
 
-def _build(spec, model, src, options, excluded, work, calib, external):
-    """One quantized graph: optional SmoothQuant fold, optional kept MatMuls, then the mode's pass."""
-    extra = {}
+def _build(spec, model, src, options, excluded, work, calib, external, memo: dict | None = None):
+    """One quantized graph: optional SmoothQuant fold, optional kept MatMuls, then the mode's pass.
+
+    Returns (graph, info, metrics): ``metrics`` are the calibration metrics of the search candidate that *is*
+    the result (the best alpha, the passing keep step), which is reused instead of quantized again; None
+    when nothing was searched. ``memo`` carries a smoothing search from one ladder rung to the next."""
+    extra, final = {}, None
     if getattr(options, "smooth", None) is not None:
-        model, extra["smoothquant"] = _smoothed(spec, model, src, options, excluded, work, calib, external)
+        model, extra["smoothquant"], final = _smoothed(spec, model, src, options, excluded, work, calib, external, memo)
     if options.keep:
-        kept, extra["kept"] = _kept(spec, model, src, options, excluded, work, calib, external)
+        kept, extra["kept"], final = _kept(spec, model, src, options, excluded, work, calib, external)
         excluded = excluded | kept
-    result, info = spec.run(model, src, options, excluded, work)
+    if final is not None:
+        result, info = read_onnx(final["path"]), dict(final["info"])
+    else:
+        result, info = spec.run(model, src, options, excluded, work)
     info.update(extra)
-    return result, info
+    return result, info, final
 
 
 def _candidate(spec, model, src, options, excluded, work: Path, name: str, calib, external) -> dict:
     folder = work / name
     folder.mkdir()
     plain = _with(options, smooth=None, keep=None, recover=None)
-    result, _ = spec.run(model, src, plain, excluded, folder)
-    return calib.evaluate(result, folder, "candidate", external)
+    result, info = spec.run(model, src, plain, excluded, folder)
+    metrics = calib.evaluate(result, folder, "candidate", external)
+    metrics["info"] = info
+    return metrics
 
 
-def _smoothed(spec, model, src, options, excluded, work, calib, external):
+def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=None):
+    """(smoothed graph, report, metrics of the candidate that is the final result or None)."""
     from . import smoothquant
     from .recovery import SMOOTH_ALPHAS, describe, log, public, score
 
+    if memo is not None and options.smooth in memo:
+        smoothed, info = memo[options.smooth]
+        return smoothed, {**info, "reused": "the search of an earlier rung"}, None
     groups = smoothquant.find_groups(model)
     if not groups:
-        return model, {"alpha": None, "sites": 0, "note": "no activation could be smoothed exactly"}
+        return model, {"alpha": None, "sites": 0, "note": "no activation could be smoothed exactly"}, None
     ranges = smoothquant.activation_ranges(model, groups, calib.batches, work)
-    searched = []
+    searched, best = [], None
     if options.smooth == "auto":
-        best = None
         for alpha in SMOOTH_ALPHAS:
             candidate, _ = smoothquant.smooth(model, groups, ranges, alpha)
             metrics = _candidate(spec, candidate, src, options, excluded, work, f"alpha{alpha}", calib, external)
@@ -812,7 +824,9 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external):
         "scale_max": max(s["scale_max"] for s in summary),
         "o_proj": "not smoothed (GQA shares each value channel across a group of query heads)",
     }
-    return smoothed, info
+    if memo is not None:
+        memo[options.smooth] = memo[alpha] = (smoothed, info)
+    return smoothed, info, best[1] if best else None
 
 
 def _sites(summary) -> list[str]:
@@ -848,12 +862,12 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
     keep = options.keep
     if _keep_is_pattern(keep):
         kept, rows = _kept_by_pattern(model, keep, excluded)
-        return kept, {"how": "patterns", "patterns": keep.split(","), "nodes": rows}
+        return kept, {"how": "patterns", "patterns": keep.split(","), "nodes": rows}, None
     # The sensitivity proxy is dynamic INT8 of each MatMul alone: per channel unless the config says otherwise.
     per_channel = getattr(options, "per_channel", True)
     ranking = sensitivity(model, candidates, calib.batches, work, per_channel=per_channel)
     nodes = {n.name: n for n in model.graph.node}
-    steps = []
+    steps, final = [], None
     if keep.isdigit():
         count = min(int(keep), len(ranking))
     else:
@@ -863,12 +877,11 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
             metrics = _candidate(spec, model, src, options, excluded | top, work, f"keep{size}", calib, external)
             log(f"keep {size} most sensitive MatMul(s) fp32: {describe(metrics)}")
             steps.append({"kept": size, **public(metrics)})
+            if best is None or score(metrics) > score(best[1]) or metrics["meets_target"]:
+                best = (size, metrics)  # the first step that meets the target, else the best step tried
             if metrics["meets_target"]:
-                count = size
                 break
-            if best is None or score(metrics) > score(best[1]):
-                best = (size, metrics)  # none meets the target: the best step tried
-            count = best[0]
+        count, final = best
     kept_rows = [
         {
             "node": r["node"],
@@ -878,13 +891,17 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
         }
         for i, r in enumerate(ranking[:count])
     ]
-    return {r["node"] for r in kept_rows}, {
-        "how": "auto" if keep == "auto" else f"{count} most sensitive",
-        "sensitivity": "relative output error of the MatMul alone under dynamic INT8, on calibration activations",
-        "nodes": kept_rows,
-        "steps": steps,
-        "most_sensitive": ranking[:10],
-    }
+    return (
+        {r["node"] for r in kept_rows},
+        {
+            "how": "auto" if keep == "auto" else f"{count} most sensitive",
+            "sensitivity": "relative output error of the MatMul alone under dynamic INT8, on calibration activations",
+            "nodes": kept_rows,
+            "steps": steps,
+            "most_sensitive": ranking[:10],
+        },
+        final,
+    )
 
 
 def _with(config, **changes):
@@ -911,7 +928,8 @@ def _recover(art, model, src, options, excluded, work, calib, external):
     from .recovery import LADDER, batch_coupling, describe, log, public
 
     tried = []
-    searched_alpha = None  # the alpha search runs once; later rungs reuse its choice
+    memo: dict = {}  # the alpha search runs once; later rungs reuse its smoothed graph
+    reference = batch_coupling(art, src)  # the fp32 source's own figures, measured once for every rung
     for index, rung in enumerate(LADDER):
         spec = MODES[rung.mode]
         try:
@@ -919,17 +937,19 @@ def _recover(art, model, src, options, excluded, work, calib, external):
         except QconvError as exc:  # e.g. q8 without 8-bit MatMulNBits kernels in this onnxruntime
             tried.append({"rung": rung.name, "skipped": str(exc)})
             continue
-        if getattr(rung_options, "smooth", None) == "auto" and searched_alpha is not None:
-            rung_options.smooth = searched_alpha
+        started = time.perf_counter()
+        log(f"rung {rung.name} ({index + 1} of {len(LADDER)})")
         folder = work / f"rung{index}"
         folder.mkdir()
-        result, info = _build(spec, model, src, rung_options, excluded, folder, calib, external)
-        if info.get("smoothquant", {}).get("searched"):
-            searched_alpha = info["smoothquant"]["alpha"]
-        metrics = calib.evaluate(result, folder, "rung", external)
-        coupling = batch_coupling(art, metrics["path"], src)
-        log(f"rung {rung.name}: {describe(metrics)}")
-        tried.append({"rung": rung.name, "mode": rung.mode, **public(metrics), "batch_coupling": coupling})
+        result, info, metrics = _build(spec, model, src, rung_options, excluded, folder, calib, external, memo)
+        if metrics is None:
+            metrics = calib.evaluate(result, folder, "rung", external)
+        coupling = batch_coupling(art, metrics["path"], reference)
+        seconds = round(time.perf_counter() - started, 1)
+        log(f"rung {rung.name}: {describe(metrics)} ({seconds} s)")
+        tried.append(
+            {"rung": rung.name, "mode": rung.mode, **public(metrics), "batch_coupling": coupling, "seconds": seconds}
+        )
         if metrics["meets_target"]:
             info["recovery"] = {
                 "chosen": rung.name,
@@ -938,7 +958,10 @@ def _recover(art, model, src, options, excluded, work, calib, external):
                 "order": [r.name for r in LADDER],
             }
             info["mode"] = rung.mode
+            info["batch_coupling"] = coupling
             return result, info, spec
         del result
+        if not any(later.changes.get("smooth") for later in LADDER[index + 1 :]):
+            memo.clear()  # no later rung smooths: free the smoothed graph
     summary = "; ".join(f"{t['rung']}: {describe(t) if 'skipped' not in t else t['skipped']}" for t in tried)
     raise GateFailed(f"--recover auto: no rung meets the calibration target ({summary}); nothing was written")

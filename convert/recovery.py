@@ -119,7 +119,8 @@ def score(metrics: dict) -> tuple:
 
 
 def public(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "path"}
+    """Metrics as the manifest records them: without the candidate's file and its build details."""
+    return {k: v for k, v in metrics.items() if k not in ("path", "info")}
 
 
 def sensitivity(model, matmuls: list[str], batches, work: Path, per_channel: bool = True) -> list[dict]:
@@ -127,24 +128,16 @@ def sensitivity(model, matmuls: list[str], batches, work: Path, per_channel: boo
     int8 weights) on the calibration activations, most sensitive first. A local proxy for "the pooled
     output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
     (tests/test_quantize.py checks both put the same MatMuls on top of the outlier model)."""
-    import onnx
     from onnx import numpy_helper
 
     from .smoothquant import _attended_rows
-    from .variants import save_model
+    from .variants import save_probe
 
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: i for i in model.graph.initializer}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
     names = sorted({nodes[m].input[0] for m in matmuls})
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     path = work / "sensitivity_probe.onnx"
-    save_model(probe, path, external=True)
-    del probe
+    save_probe(model, names, path)
     from qconv.runtime.embedder import open_session
 
     session = open_session(path, ["CPUExecutionProvider"])
@@ -184,10 +177,13 @@ def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
     return np.clip(np.round(w / scale), -127, 127) * scale
 
 
-def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
+def batch_coupling(art, path: Path, source: Path | dict | None = None) -> dict:
     """How much a variant's output for a text depends on its batch: the same texts alone vs in one mixed
     batch, and that batch padded left vs right (worst over the texts). Per-tensor dynamic activation
-    quantization couples them: one outlier token sets the step for every row of the batch."""
+    quantization couples them: one outlier token sets the step for every row of the batch.
+
+    ``source``: the fp32 source (its figures are added beside the variant's), or those figures already
+    measured (``batch_coupling(art, source)``), so a ladder measures the source once."""
     from qconv.numerics import cosine_rows
     from qconv.runtime.embedder import open_session
     from qconv.runtime.template import pad_batch
@@ -226,7 +222,7 @@ def batch_coupling(art, path: Path, source: Path | None = None) -> dict:
     if source is not None:
         # The fp32 source's own figures: a model with absolute positions (BERT) is not left/right invariant
         # even unquantized, and that is not coupling.
-        reference = batch_coupling(art, source)
+        reference = source if isinstance(source, dict) else batch_coupling(art, source)
         result["source_alone_vs_batch"] = reference["alone_vs_batch"]
         result["source_left_vs_right"] = reference["left_vs_right"]
     return result

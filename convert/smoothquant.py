@@ -124,22 +124,13 @@ def find_groups(model) -> list[SmoothGroup]:
 
 def activation_ranges(model, groups: list[SmoothGroup], batches, work) -> dict[str, np.ndarray]:
     """max |X| per channel of every group's activation over the calibration batches (one ORT session)."""
-    import onnx
-
     from qconv.runtime.embedder import open_session
 
-    from .variants import save_model
+    from .variants import save_probe
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
     names = [grp.activation for grp in groups]
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     path = work / "smooth_probe.onnx"
-    save_model(probe, path, external=True)
-    del probe
+    save_probe(model, names, path)
     session = open_session(path, ["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
     ranges: dict[str, np.ndarray] = {}
@@ -161,12 +152,11 @@ def _attended_rows(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def smooth(model, groups: list[SmoothGroup], ranges: dict[str, np.ndarray], alpha: float):
     """A smoothed copy of ``model``; returns (model, per-site scale summary). Exact in real arithmetic."""
-    import onnx
     from onnx import numpy_helper
 
-    smoothed = onnx.ModelProto()
-    smoothed.CopyFrom(model)
-    inits = {i.name: i for i in smoothed.graph.initializer}
+    from .onnx_proto import with_initializers
+
+    inits = {i.name: i for i in model.graph.initializer}
     arrays: dict[str, np.ndarray] = {}
 
     def array(name: str) -> np.ndarray:
@@ -174,7 +164,7 @@ def smooth(model, groups: list[SmoothGroup], ranges: dict[str, np.ndarray], alph
             arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float32)
         return arrays[name]
 
-    weights = {n.name: n.input[1] for n in smoothed.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
     summary = []
     # Gated-MLP groups first: their fold changes up_proj's columns, which a norm group then reads as weights.
     for group in sorted(groups, key=lambda grp: grp.divide_columns is None):
@@ -200,6 +190,6 @@ def smooth(model, groups: list[SmoothGroup], ranges: dict[str, np.ndarray], alph
                 "activation_max": float(x_max.max()),
             }
         )
-    for name, value in arrays.items():
-        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-    return smoothed, summary
+    # A new model with the folded tensors, not a copy overwritten in place (see convert/onnx_proto.py).
+    changed = {name: numpy_helper.from_array(value.astype(np.float32), name) for name, value in arrays.items()}
+    return with_initializers(model, changed), summary

@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 from qconv.artifact import ONNX_DIR, Artifact, clean_artifact_staging, staging_prefix
 
 from .onnx_graph import EXTERNAL_DATA_THRESHOLD, external_data_name, read_onnx
+from .onnx_proto import save_with_external_data
 
 
 def onnx_bytes(path: Path) -> int:
@@ -30,23 +31,18 @@ def needs_external_data(source: Path) -> bool:
 
 
 def save_model(model, path: Path, external: bool) -> None:
-    """Save an onnx ModelProto, weights in ``<file>_data`` when ``external``."""
+    """Save an onnx ModelProto, weights in ``<file>_data`` when ``external``; ``model`` is left as it was."""
     import onnx
 
     if external:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=external_data_name(path),
-            size_threshold=1024,
-        )
-        # onnx moved the weights out of the in-memory model; bring them back so callers can reuse it
-        # (the recovery ladder quantizes one source model several times).
-        onnx.load_external_data_for_model(model, str(path.parent))
+        save_with_external_data(model, path, external_data_name(path))
     else:
         onnx.save_model(model, str(path))
+
+
+def save_probe(model, values: list[str], path: Path) -> None:
+    """Save ``model`` with the intermediate ``values`` as extra outputs (to read activations), untouched."""
+    save_with_external_data(model, path, external_data_name(path), extra_outputs=tuple(values))
 
 
 def op_counts(path: Path) -> dict[str, int]:
