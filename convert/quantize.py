@@ -28,6 +28,7 @@ from qconv.pipeline.options import flag_of, option
 
 from .graph_passes import convert_to_fp16, quantize_embedding_gathers, unique_node_names
 from .onnx_graph import read_onnx
+from .per_token import per_token_activations
 from .variants import check_staged, file_facts, install_staged, needs_external_data, save_model, staging_dir
 
 INT8_PRESETS = {
@@ -106,7 +107,8 @@ class QuantizeCommonTail:
         metadata=option("auto | N | PATTERN[,PATTERN]: weight MatMuls kept fp32 (by sensitivity or by name)."),
     )
     recover: Literal["auto"] | None = field(
-        default=None, metadata=option("auto: try int8, +smooth, +keep, q8; keep the fastest that meets the target.")
+        default=None,
+        metadata=option("auto: try int8, +smooth, per-token, +keep, q8; keep the fastest that meets the target."),
     )
     calibration: str | None = field(
         default=None, metadata=option("Calibration texts, one per line [default: built-in].", file=True)
@@ -166,9 +168,11 @@ class QuantizationMode:
     options: ClassVar[type | None] = None
     gates: ClassVar[dict[str, dict[str, float]]] = {}
     providers: ClassVar[tuple[str, ...]] = ("CPUExecutionProvider",)
-    # Activations quantized at run time over a batch: a text's output depends on its batch (measured).
-    batch_coupled: ClassVar[bool] = False
     config: ClassVar[type]
+
+    def batch_coupled(self, config) -> bool:
+        """Activations quantized at run time over a batch: a text's output depends on its batch (measured)."""
+        return False
 
     def variant(self, config) -> str:
         return self.name
@@ -277,6 +281,13 @@ class Int8Options:
         default=None, metadata=option("avx512_vnni | avx2 | arm64 [default: detected from this CPU].")
     )
     smooth: str | None = _smooth_option()
+    activations: Literal["per-tensor", "per-token"] = field(
+        default="per-tensor",
+        metadata=option(
+            "per-tensor: one dynamic scale per MatMul input (ORT's DynamicQuantizeLinear); per-token: one per "
+            "token, so a token with massive activations costs only itself and no output depends on its batch."
+        ),
+    )
     quantize_embeddings: bool = field(default=True, metadata=option("Also store the embedding table as int8."))
 
 
@@ -289,13 +300,20 @@ class Int8Dynamic(QuantizationMode):
     options = Int8Options
     gates = _INT8_GATES
     providers = (_CPU,)
-    batch_coupled = True
+
+    def batch_coupled(self, config) -> bool:
+        # Per-tensor activations couple a text to its batch; per-token ones should not: measured for both,
+        # so the record shows it.
+        return True
 
     def variant(self, config):
         if config.recover:
             return f"qint8_{config.preset}_recovered"
         return (
-            f"qint8_{config.preset}" + ("_sq" if config.smooth is not None else "") + ("_keep" if config.keep else "")
+            f"qint8_{config.preset}"
+            + ("_pt" if config.activations == "per-token" else "")
+            + ("_sq" if config.smooth is not None else "")
+            + ("_keep" if config.keep else "")
         )
 
     def resolve(self, config):
@@ -339,6 +357,9 @@ class Int8Dynamic(QuantizationMode):
             for leftover in work.glob(f"{made}*"):  # the file and its external data (_data or .data)
                 leftover.unlink()
         info = {"preset": options.preset, "per_channel": options.per_channel, **INT8_PRESETS[options.preset]}
+        info["activations"] = options.activations
+        if options.activations == "per-token":
+            info["per_token_inputs"] = per_token_activations(quantized)
         if options.quantize_embeddings:
             info["embedding_tables"] = quantize_embedding_gathers(quantized)
         return quantized, info
@@ -464,7 +485,11 @@ class Q8(QuantizationMode):
     options = Q8Options
     gates = _INT8_GATES
     providers = (_CPU,)
-    batch_coupled = True
+
+    def batch_coupled(self, config) -> bool:
+        # Accuracy level 4 quantizes activations per row and block, which should not couple rows; measured
+        # anyway, since that is ORT's kernel behaviour and not something this graph guarantees.
+        return True
 
     def variant(self, config):
         return f"q8_acc{config.accuracy_level}"
@@ -699,7 +724,7 @@ def quantize(
             unique_node_names(result)
             staged = work / target.name
             save_model(result, staged, external)
-            if spec.batch_coupled and "batch_coupling" not in info:  # the ladder measured its winner already
+            if spec.batch_coupled(config) and "batch_coupling" not in info:  # the ladder measured its winner already
                 from .recovery import batch_coupling
 
                 info["batch_coupling"] = batch_coupling(art, staged, src)
@@ -797,8 +822,10 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
     from . import smoothquant
     from .recovery import SMOOTH_ALPHAS, describe, log, public, score
 
-    if memo is not None and options.smooth in memo:
-        smoothed, info = memo[options.smooth]
+    # A search is valid for the rung's other options too (per-token activations want a different alpha).
+    searched_for = repr(_with(options, smooth=None, keep=None, recover=None))
+    if memo is not None and (options.smooth, searched_for) in memo:
+        smoothed, info = memo[options.smooth, searched_for]
         return smoothed, {**info, "reused": "the search of an earlier rung"}, None
     groups = smoothquant.find_groups(model)
     if not groups:
@@ -829,7 +856,8 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
         "o_proj": "not smoothed (GQA shares each value channel across a group of query heads)",
     }
     if memo is not None:
-        memo[options.smooth] = memo[alpha] = (smoothed, info)
+        memo.clear()  # one smoothed graph in memory at a time (2.4 GB at 0.6B)
+        memo[options.smooth, searched_for] = memo[alpha, searched_for] = (smoothed, info)
     return smoothed, info, best[1] if best else None
 
 
@@ -869,7 +897,8 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
         return kept, {"how": "patterns", "patterns": keep.split(","), "nodes": rows}, None
     # The sensitivity proxy is dynamic INT8 of each MatMul alone: per channel unless the config says otherwise.
     per_channel = getattr(options, "per_channel", True)
-    ranking = sensitivity(model, candidates, calib.batches, work, per_channel=per_channel)
+    per_token = getattr(options, "activations", "per-tensor") == "per-token"
+    ranking = sensitivity(model, candidates, calib.batches, work, per_channel=per_channel, per_token=per_token)
     nodes = {n.name: n for n in model.graph.node}
     steps, final = [], None
     if keep.isdigit():

@@ -123,10 +123,12 @@ def public(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("path", "info")}
 
 
-def sensitivity(model, matmuls: list[str], batches, work: Path, per_channel: bool = True) -> list[dict]:
-    """Per-MatMul relative output error (mean over tokens) of dynamic INT8 (per-tensor uint8 activations,
-    int8 weights) on the calibration activations, most sensitive first. A local proxy for "the pooled
-    output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
+def sensitivity(
+    model, matmuls: list[str], batches, work: Path, per_channel: bool = True, per_token: bool = False
+) -> list[dict]:
+    """Per-MatMul relative output error (mean over tokens) of dynamic INT8 (per-tensor uint8 activations, or
+    per-token ones, and int8 weights) on the calibration activations, most sensitive first. A local proxy for
+    "the pooled output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
     (tests/test_quantize.py checks both put the same MatMuls on top of the outlier model)."""
     from onnx import numpy_helper
 
@@ -155,7 +157,8 @@ def sensitivity(model, matmuls: list[str], batches, work: Path, per_channel: boo
         errors = []
         for x in activations[node.input[0]]:
             exact = x @ weight
-            error = np.linalg.norm(_fake_quant_activation(x) @ w_q - exact, axis=1)
+            x_q = _fake_quant_rows(x) if per_token else _fake_quant_activation(x)
+            error = np.linalg.norm(x_q @ w_q - exact, axis=1)
             # Per token: one outlier row sets the step for the batch, and the ordinary rows pay for it.
             errors.append(error / np.maximum(np.linalg.norm(exact, axis=1), 1e-12))
         ranking.append({"node": name, "relative_error": float(np.concatenate(errors).mean())})
@@ -169,6 +172,12 @@ def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
     scale = (high - low) / 255.0 or 1.0
     zero = np.clip(np.round(-low / scale), 0, 255)
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_quant_rows(x: np.ndarray) -> np.ndarray:
+    # convert/per_token.py: one symmetric scale per row (token).
+    step = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-12) / 127.0
+    return np.round(x / step) * step
 
 
 def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
@@ -237,10 +246,15 @@ class Rung:
 
 # Fastest first: the int8 rungs all run MatMulInteger (smoothing costs nothing at run time; each kept
 # MatMul runs in fp32); 8-bit weight-only MatMulNBits is slower than MatMulInteger on AVX2 hosts.
+_PER_TENSOR = {"activations": "per-tensor"}
+_PER_TOKEN = {"activations": "per-token"}
 LADDER = (
-    Rung("int8", "int8", {"smooth": None, "keep": None}),
-    Rung("int8+smooth", "int8", {"smooth": "auto", "keep": None}),
-    Rung("int8+smooth+keep", "int8", {"smooth": "auto", "keep": "auto"}),
+    Rung("int8", "int8", {"smooth": None, "keep": None, **_PER_TENSOR}),
+    Rung("int8+smooth", "int8", {"smooth": "auto", "keep": None, **_PER_TENSOR}),
+    # Per-token activations: a few elementwise ops per quantized input, no batch coupling.
+    Rung("int8 per-token", "int8", {"smooth": None, "keep": None, **_PER_TOKEN}),
+    Rung("int8 per-token+smooth", "int8", {"smooth": "auto", "keep": None, **_PER_TOKEN}),
+    Rung("int8 per-token+smooth+keep", "int8", {"smooth": "auto", "keep": "auto", **_PER_TOKEN}),
     Rung("q8 accuracy level 4", "q8", {"smooth": None, "keep": None, "accuracy_level": 4}),
     Rung("q8 accuracy level 1", "q8", {"smooth": None, "keep": None, "accuracy_level": 1}),
 )
