@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from qconv.convert.per_token import per_token_activations  # noqa: E402
 
 K, N = 64, 48
+# What every supported onnxruntime loads (onnx 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses).
+IR_VERSION = 9
 
 
 def _float_model(rng):
@@ -30,7 +32,7 @@ def _float_model(rng):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", N])],
         [w1, w2],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), w1, w2
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION), w1, w2
 
 
 def _quantized(tmp_path, rng):
@@ -111,7 +113,7 @@ def test_zero_rows_stay_zero_and_a_foreign_graph_is_refused(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, K])],
         [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
     )
-    foreign = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    foreign = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
     before = foreign.SerializeToString()
     with pytest.raises(ValueError, match="not read by"):
         per_token_activations(foreign)
