@@ -85,4 +85,6 @@ def save_with_external_data(model, path: Path, data_name: str, extra_outputs: tu
                 entry.key, entry.value = key, value
             offset += len(raw)
             del raw
+    if not offset:  # no tensor went external: leave no empty data file for the artifact to carry
+        (path.parent / data_name).unlink()
     onnx.save_model(light, str(path))

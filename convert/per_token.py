@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph_index import GraphIndex
+
 ZERO_POINT = 128
 LEVELS = 127.0
 # Smallest row maximum: a row of zeros quantizes to the zero point (its product is 0) instead of dividing by 0.
@@ -43,13 +45,8 @@ def per_token_activations(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    producers = {out: node for node in graph.node for out in node.output}
-
-    graph_outputs = {o.name for o in graph.output}
+    index = GraphIndex(model)
+    consumers, producers, graph_outputs = index.consumers, index.producer, index.outputs
     plans = []
     for node in graph.node:
         if node.op_type != "DynamicQuantizeLinear" or node.domain not in ("", "ai.onnx"):

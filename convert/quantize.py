@@ -15,6 +15,7 @@ import fnmatch
 import logging
 import platform
 import re
+import shutil
 import time
 import typing
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from qconv.pipeline.options import flag_of, option
 
 from .graph_passes import convert_to_fp16, quantize_embedding_gathers, unique_node_names
 from .onnx_graph import read_onnx
+from .onnx_proto import with_initializers
 from .per_token import per_token_activations
 from .variants import check_staged, file_facts, install_staged, needs_external_data, save_model, staging_dir
 
@@ -170,9 +172,11 @@ class QuantizationMode:
     providers: ClassVar[tuple[str, ...]] = ("CPUExecutionProvider",)
     config: ClassVar[type]
 
-    def batch_coupled(self, config) -> bool:
-        """Activations quantized at run time over a batch: a text's output depends on its batch (measured)."""
-        return False
+    # Activations quantized at run time, where a text's output may depend on its batch: measured per variant.
+    measure_batch_coupling: ClassVar[bool] = False
+    # ``run`` rewrites the graph it is given (onnxruntime's MatMulNBitsQuantizer, the fp16 converter) instead
+    # of writing a new one; the ladder gives such a mode a copy when a later rung needs the graph again.
+    modifies_input: ClassVar[bool] = False
 
     def variant(self, config) -> str:
         return self.name
@@ -301,10 +305,9 @@ class Int8Dynamic(QuantizationMode):
     gates = _INT8_GATES
     providers = (_CPU,)
 
-    def batch_coupled(self, config) -> bool:
-        # Per-tensor activations couple a text to its batch; per-token ones should not: measured for both,
-        # so the record shows it.
-        return True
+    # Per-tensor activations couple a text to its batch; per-token ones should not: measured for both, so
+    # the record shows it.
+    measure_batch_coupling = True
 
     def variant(self, config):
         if config.recover:
@@ -378,6 +381,7 @@ class BlockwiseOptions:
 class _BlockwiseQ4(QuantizationMode):
     options = BlockwiseOptions
     gates = _Q4_GATES
+    modifies_input = True
 
     def quantize_q4(self, model, options, excluded):
         with _quiet_nbits_quantizer():
@@ -486,10 +490,10 @@ class Q8(QuantizationMode):
     gates = _INT8_GATES
     providers = (_CPU,)
 
-    def batch_coupled(self, config) -> bool:
-        # Accuracy level 4 quantizes activations per row and block, which should not couple rows; measured
-        # anyway, since that is ORT's kernel behaviour and not something this graph guarantees.
-        return True
+    # Accuracy level 4 quantizes activations per row and block, which should not couple rows; measured
+    # anyway, since that is ORT's kernel behaviour and not something this graph guarantees.
+    measure_batch_coupling = True
+    modifies_input = True
 
     def variant(self, config):
         return f"q8_acc{config.accuracy_level}"
@@ -519,6 +523,7 @@ class Fp16(QuantizationMode):
     description = "selective fp16 (GPU)"
     gates = {"embedding": {"min_cosine": 0.999}, "reranker": {"max_delta": 1e-3, "min_top1": 0.95}}
     providers = (_CUDA,)
+    modifies_input = True
 
     def run(self, model, src, options, excluded, work):
         return model, {"fp16": convert_to_fp16(model, exclude=excluded)}
@@ -724,7 +729,7 @@ def quantize(
             unique_node_names(result)
             staged = work / target.name
             save_model(result, staged, external)
-            if spec.batch_coupled(config) and "batch_coupling" not in info:  # the ladder measured its winner already
+            if spec.measure_batch_coupling and "batch_coupling" not in info:  # the ladder measured its winner already
                 from .recovery import batch_coupling
 
                 info["batch_coupling"] = batch_coupling(art, staged, src)
@@ -817,6 +822,13 @@ def _candidate(spec, model, src, options, excluded, work: Path, name: str, calib
     return metrics
 
 
+def _discard(loser: tuple, winner: tuple) -> tuple:
+    """Remove a search candidate's files (a 0.6B candidate is ~0.6-2.4 GB; a search tries up to a dozen)
+    and return the one that stays."""
+    shutil.rmtree(loser[1]["path"].parent)
+    return winner
+
+
 def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=None):
     """(smoothed graph, report, metrics of the candidate that is the final result or None)."""
     from . import smoothquant
@@ -839,7 +851,9 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
             log(f"SmoothQuant alpha {alpha}: {describe(metrics)}")
             searched.append({"alpha": alpha, **public(metrics)})
             if best is None or score(metrics) > score(best[1]):
-                best = (alpha, metrics)
+                best = (alpha, metrics) if best is None else _discard(best, (alpha, metrics))
+            else:
+                _discard((alpha, metrics), best)
             del candidate
         alpha = best[0]
     else:
@@ -910,8 +924,11 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
             metrics = _candidate(spec, model, src, options, excluded | top, work, f"keep{size}", calib, external)
             log(f"keep {size} most sensitive MatMul(s) fp32: {describe(metrics)}")
             steps.append({"kept": size, **public(metrics)})
+            # The first step that meets the target, else the best step tried.
             if best is None or score(metrics) > score(best[1]) or metrics["meets_target"]:
-                best = (size, metrics)  # the first step that meets the target, else the best step tried
+                best = (size, metrics) if best is None else _discard(best, (size, metrics))
+            else:
+                _discard((size, metrics), best)
             if metrics["meets_target"]:
                 break
         count, final = best
@@ -974,7 +991,9 @@ def _recover(art, model, src, options, excluded, work, calib, external):
         log(f"rung {rung.name} ({index + 1} of {len(LADDER)})")
         folder = work / f"rung{index}"
         folder.mkdir()
-        result, info, metrics = _build(spec, model, src, rung_options, excluded, folder, calib, external, memo)
+        # Every rung starts from the same fp32 graph (q8 level 1 after level 4 once got level 4's graph).
+        given = with_initializers(model, {}) if spec.modifies_input and index < len(LADDER) - 1 else model
+        result, info, metrics = _build(spec, given, src, rung_options, excluded, folder, calib, external, memo)
         if metrics is None:
             metrics = calib.evaluate(result, folder, "rung", external)
         coupling = batch_coupling(art, metrics["path"], reference)
@@ -994,6 +1013,7 @@ def _recover(art, model, src, options, excluded, work, calib, external):
             info["batch_coupling"] = coupling
             return result, info, spec
         del result
+        shutil.rmtree(folder)  # a failed rung's files, searches included: only the winner stays staged
         if not any(later.changes.get("smooth") for later in LADDER[index + 1 :]):
             memo.clear()  # no later rung smooths: free the smoothed graph
     summary = "; ".join(f"{t['rung']}: {describe(t) if 'skipped' not in t else t['skipped']}" for t in tried)

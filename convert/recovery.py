@@ -175,8 +175,10 @@ def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
 
 
 def _fake_quant_rows(x: np.ndarray) -> np.ndarray:
-    # convert/per_token.py: one symmetric scale per row (token).
-    step = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-12) / 127.0
+    # convert/per_token.py: one symmetric scale per row (token), with its constants.
+    from .per_token import LEVELS, MIN_RANGE
+
+    step = np.maximum(np.abs(x).max(axis=-1, keepdims=True), MIN_RANGE) / LEVELS
     return np.round(x / step) * step
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .graph_index import GraphIndex
+
 # op_type -> (gamma input index, beta input index or None)
 NORM_SCALE_INPUTS = {
     "SimplifiedLayerNormalization": (1, None),
@@ -42,17 +44,7 @@ class SmoothGroup:
     site: str = ""
 
 
-class _Graph:
-    def __init__(self, model):
-        graph = model.graph
-        self.inits = {i.name: i for i in graph.initializer}
-        self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.consumers: dict[str, list] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.outputs = {o.name for o in graph.output}
-
+class _Graph(GraphIndex):
     def weight_of(self, node) -> str | None:
         """The constant 2-D B of a MatMul ``A x B``, else None."""
         if node.op_type != "MatMul" or len(node.input) < 2:

@@ -25,6 +25,9 @@ def quiet_libraries() -> None:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        # transformers 5 draws a "Loading weights" bar on stderr for every checkpoint it loads (a 0.6B model
+        # loads in under a second); qconv's own status line covers it, and an error stays a single line.
+        transformers.logging.disable_progress_bar()
     with contextlib.suppress(ImportError):
         import datasets
 

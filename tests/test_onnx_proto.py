@@ -81,3 +81,19 @@ def test_unloaded_external_tensor_is_refused(tmp_path):
     lazy = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
     with pytest.raises(ValueError, match="not loaded"):
         save_with_external_data(lazy, tmp_path / "again.onnx", "again.onnx_data")
+
+
+def test_no_data_file_when_no_tensor_goes_external(tmp_path):
+    rng = np.random.default_rng(0)
+    small = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")  # 64 bytes
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [small],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    save_with_external_data(model, tmp_path / "m.onnx", "m.onnx_data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")))

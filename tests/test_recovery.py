@@ -150,8 +150,22 @@ def test_per_token_activations_remove_batch_coupling(outlier_copy):
     assert before["alone_vs_batch"] > 100 * max(coupling["alone_vs_batch"], 1e-7)
 
 
-def test_recover_auto_stops_at_the_first_passing_rung(outlier_copy):
+def test_recover_auto_stops_at_the_first_passing_rung(outlier_copy, monkeypatch):
+    from qconv.convert import quantize as quantize_module
+
+    # Every search candidate and failed rung is removed as soon as it lost (0.6-2.4 GB each at 0.6B):
+    # whenever a new candidate is built, at most the current search's best one is on disk.
+    build, on_disk = quantize_module._candidate, []
+
+    def candidate(*args, **kwargs):
+        staged = outlier_copy / "onnx"
+        on_disk.append((len(list(staged.rglob("candidate.onnx"))), len(list(staged.rglob("rung.onnx")))))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(quantize_module, "_candidate", candidate)
     variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET, recover="auto"))
+    assert len(on_disk) >= 5 and all(candidates <= 1 and rungs == 0 for candidates, rungs in on_disk), on_disk
+    assert sorted(p.name for p in (outlier_copy / "onnx").iterdir() if p.name.startswith(".")) == []
     assert variant == f"qint8_{PRESET}_recovered"
     recovery = entry["details"]["recovery"]
     tried = [c["rung"] for c in recovery["candidates"]]
@@ -177,11 +191,24 @@ def test_recover_that_meets_nothing_writes_nothing(artifact_copy, monkeypatch):
     from qconv.convert import recovery
     from qconv.errors import GateFailed
 
+    from qconv.convert.quantize import MODES
+
     before = sorted(p.name for p in (artifact_copy / "onnx").iterdir())
     monkeypatch.setattr(recovery.RecoveryTarget, "met", lambda self, metrics: False)
-    monkeypatch.setattr(recovery, "LADDER", (recovery.LADDER[0], recovery.LADDER[-1]))  # int8, q8 level 1
-    with pytest.raises(GateFailed, match="no rung meets the calibration target"):
+    monkeypatch.setattr(recovery, "LADDER", (recovery.LADDER[0], *recovery.LADDER[-2:]))  # int8, q8 levels 4, 1
+    # Every rung starts from the fp32 graph: onnxruntime's 8-bit quantizer rewrites the graph it is given,
+    # and q8 level 1 once got level 4's already quantized graph (the same figures, on every model).
+    q8, given = MODES["q8"], []
+
+    def run(model, *args):
+        given.append(sorted({n.op_type for n in model.graph.node} & {"MatMul", "MatMulNBits"}))
+        return type(q8).run(q8, model, *args)
+
+    monkeypatch.setattr(q8, "run", run)
+    with pytest.raises(GateFailed, match="no rung meets the calibration target") as failed:
         quantize(artifact_copy, "int8", options=QuantizeOptions(preset="avx2", recover="auto"))
+    assert given == [["MatMul"], ["MatMul"]]
+    assert "q8 accuracy level 4" in str(failed.value) and "q8 accuracy level 1" in str(failed.value)
     assert sorted(p.name for p in (artifact_copy / "onnx").iterdir()) == before
 
 
@@ -215,6 +242,8 @@ def test_bad_recovery_input_is_one_line_and_writes_nothing(artifact_copy, run_cl
         (["--mode", "int8", "--keep", "model.layers.9.*"], "matches no weight MatMul"),
         (["--mode", "q4", "--recover", "auto"], "--recover auto starts from --mode int8"),
         (["--mode", "q8", "--accuracy-level", "2"], "--accuracy-level 2 is not supported for q8"),
+        (["--mode", "int8", "--activations", "per-row"], "unknown --activations 'per-row'"),
+        (["--mode", "q8", "--activations", "per-token"], "--activations applies to --mode int8, not q8"),
     ]
     for args, message in cases:
         code, _, err = run_cli("quantize", artifact_copy, *args)
