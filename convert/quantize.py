@@ -822,9 +822,12 @@ def _candidate(spec, model, src, options, excluded, work: Path, name: str, calib
     return metrics
 
 
-def _discard(loser: tuple, winner: tuple) -> tuple:
-    """Remove a search candidate's files (a 0.6B candidate is ~0.6-2.4 GB; a search tries up to a dozen)
-    and return the one that stays."""
+def _keep_better(best: tuple | None, candidate: tuple, wins: bool) -> tuple:
+    """The search step that stays (``candidate`` when it ``wins``); the other one's files are removed at once
+    (a 0.6B candidate is ~0.6-2.4 GB; a search tries up to a dozen)."""
+    if best is None:
+        return candidate
+    loser, winner = (best, candidate) if wins else (candidate, best)
     shutil.rmtree(loser[1]["path"].parent)
     return winner
 
@@ -850,10 +853,7 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
             metrics = _candidate(spec, candidate, src, options, excluded, work, f"alpha{alpha}", calib, external)
             log(f"SmoothQuant alpha {alpha}: {describe(metrics)}")
             searched.append({"alpha": alpha, **public(metrics)})
-            if best is None or score(metrics) > score(best[1]):
-                best = (alpha, metrics) if best is None else _discard(best, (alpha, metrics))
-            else:
-                _discard((alpha, metrics), best)
+            best = _keep_better(best, (alpha, metrics), best is None or score(metrics) > score(best[1]))
             del candidate
         alpha = best[0]
     else:
@@ -925,10 +925,8 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
             log(f"keep {size} most sensitive MatMul(s) fp32: {describe(metrics)}")
             steps.append({"kept": size, **public(metrics)})
             # The first step that meets the target, else the best step tried.
-            if best is None or score(metrics) > score(best[1]) or metrics["meets_target"]:
-                best = (size, metrics) if best is None else _discard(best, (size, metrics))
-            else:
-                _discard((size, metrics), best)
+            wins = best is None or score(metrics) > score(best[1]) or metrics["meets_target"]
+            best = _keep_better(best, (size, metrics), wins)
             if metrics["meets_target"]:
                 break
         count, final = best
