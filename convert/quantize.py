@@ -27,6 +27,7 @@ from qconv.console import console
 from qconv.errors import QconvError, one_line
 from qconv.pipeline.options import flag_of, option
 
+from .fake_quant import FakeQuant
 from .graph_passes import convert_to_fp16, quantize_embedding_gathers, unique_node_names
 from .onnx_graph import read_onnx
 from .onnx_proto import with_initializers
@@ -181,6 +182,11 @@ class QuantizationMode:
     def variant(self, config) -> str:
         return self.name
 
+    def fake_quant(self, config) -> FakeQuant | None:
+        """What ``run`` does to one MatMul, in NumPy (convert/fake_quant.py), for choices made on calibration
+        activations (SmoothQuant's alpha per site); None where no stand-in is written."""
+        return None
+
     def resolve(self, config) -> None:
         """Fill in what depends on the machine and check what no declaration can (before any work)."""
 
@@ -317,6 +323,13 @@ class Int8Dynamic(QuantizationMode):
             + ("_pt" if config.activations == "per-token" else "")
             + ("_sq" if config.smooth is not None else "")
             + ("_keep" if config.keep else "")
+        )
+
+    def fake_quant(self, config):
+        return FakeQuant(
+            per_channel=config.per_channel,
+            per_token=config.activations == "per-token",
+            reduce_range=INT8_PRESETS[config.preset]["reduce_range"],
         )
 
     def resolve(self, config):
@@ -842,37 +855,73 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
     if memo is not None and (options.smooth, searched_for) in memo:
         smoothed, info = memo[options.smooth, searched_for]
         return smoothed, {**info, "reused": "the search of an earlier rung"}, None
-    groups = smoothquant.find_groups(model)
+    groups = smoothquant.find_groups(model, calib.layout)
     if not groups:
         return model, {"alpha": None, "sites": 0, "note": "no activation could be smoothed exactly"}, None
-    ranges = smoothquant.activation_ranges(model, groups, calib.batches, work)
+    sim = spec.fake_quant(options)
     searched, best = [], None
-    if options.smooth == "auto":
-        for alpha in SMOOTH_ALPHAS:
-            candidate, _ = smoothquant.smooth(model, groups, ranges, alpha)
-            metrics = _candidate(spec, candidate, src, options, excluded, work, f"alpha{alpha}", calib, external)
-            log(f"SmoothQuant alpha {alpha}: {describe(metrics)}")
-            searched.append({"alpha": alpha, **public(metrics)})
-            best = _keep_better(best, (alpha, metrics), best is None or score(metrics) > score(best[1]))
-            del candidate
-        alpha = best[0]
+    if options.smooth == "auto" and sim is not None:
+        # Each site its own alpha, by its MatMuls' error under the mode's stand-in: one alpha for all sites
+        # over- or under-smooths some (o_proj and down_proj want less than q/k/v on the outlier model).
+        samples = smoothquant.activation_samples(model, groups, calib.batches, work)
+        ranges = smoothquant.ranges_of(samples)
+        smoothed, summary = smoothquant.smooth(model, groups, ranges, None, samples, sim)
+        del samples
+        alpha, chosen_by = "per site", (
+            "each site's smallest MatMul output error under the mode's stand-in (convert/fake_quant.py), "
+            f"alphas {', '.join('none' if a is None else str(a) for a in smoothquant.SITE_ALPHAS)}"
+        )
     else:
-        alpha = float(options.smooth)
-    smoothed, summary = smoothquant.smooth(model, groups, ranges, alpha)
+        ranges = smoothquant.activation_ranges(model, groups, calib.batches, work)
+        if options.smooth == "auto":
+            for alpha in SMOOTH_ALPHAS:
+                candidate, _ = smoothquant.smooth(model, groups, ranges, alpha)
+                metrics = _candidate(spec, candidate, src, options, excluded, work, f"alpha{alpha}", calib, external)
+                log(f"SmoothQuant alpha {alpha}: {describe(metrics)}")
+                searched.append({"alpha": alpha, **public(metrics)})
+                best = _keep_better(best, (alpha, metrics), best is None or score(metrics) > score(best[1]))
+                del candidate
+            alpha, chosen_by = best[0], "best calibration parity over 0.5-0.9"
+        else:
+            alpha, chosen_by = float(options.smooth), "--smooth"
+        smoothed, summary = smoothquant.smooth(model, groups, ranges, alpha)
     info = {
         "alpha": alpha,
-        "chosen_by": "best calibration parity over 0.5-0.9" if searched else "--smooth",
+        "chosen_by": chosen_by,
         "searched": searched,
         "sites": len(summary),
         "by_site": {site: sum(1 for s in summary if s["site"].split(" (")[0] == site) for site in _sites(summary)},
         "scale_min": min(s["scale_min"] for s in summary),
         "scale_max": max(s["scale_max"] for s in summary),
-        "o_proj": "not smoothed (GQA shares each value channel across a group of query heads)",
+        "o_proj": _o_proj_note(summary),
     }
+    if alpha == "per site":
+        info["site_alphas"] = _site_alphas(summary)
+        info["per_site"] = [
+            {k: row[k] for k in ("activation", "site", "alpha", "output_error", "scale_max")} for row in summary
+        ]
+        log(f"SmoothQuant per site: {info['site_alphas']}")
     if memo is not None:
         memo.clear()  # one smoothed graph in memory at a time (2.4 GB at 0.6B)
         memo[options.smooth, searched_for] = memo[alpha, searched_for] = (smoothed, info)
     return smoothed, info, best[1] if best else None
+
+
+def _o_proj_note(summary) -> str:
+    smoothed = sum(1 for s in summary if s["site"].startswith("attention output"))
+    if smoothed:
+        return f"{smoothed} smoothed through v_proj (one scale per value channel, shared by its query heads)"
+    return "not smoothed (no attention output reached from a value projection by layout ops alone)"
+
+
+def _site_alphas(summary) -> dict[str, dict[str, int]]:
+    """How many sites of each kind took each alpha ("none": left unsmoothed)."""
+    table: dict[str, dict[str, int]] = {}
+    for row in summary:
+        chosen = "none" if row["alpha"] is None else str(row["alpha"])
+        kind = table.setdefault(row["site"].split(" (")[0], {})
+        kind[chosen] = kind.get(chosen, 0) + 1
+    return table
 
 
 def _sites(summary) -> list[str]:
@@ -909,10 +958,9 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
     if _keep_is_pattern(keep):
         kept, rows = _kept_by_pattern(model, keep, excluded)
         return kept, {"how": "patterns", "patterns": keep.split(","), "nodes": rows}, None
-    # The sensitivity proxy is dynamic INT8 of each MatMul alone: per channel unless the config says otherwise.
-    per_channel = getattr(options, "per_channel", True)
-    per_token = getattr(options, "activations", "per-tensor") == "per-token"
-    ranking = sensitivity(model, candidates, calib.batches, work, per_channel=per_channel, per_token=per_token)
+    # The sensitivity proxy is dynamic INT8 of each MatMul alone, as the mode quantizes (per-channel per-tensor
+    # INT8 for a mode without a stand-in).
+    ranking = sensitivity(model, candidates, calib.batches, work, spec.fake_quant(options) or FakeQuant())
     nodes = {n.name: n for n in model.graph.node}
     steps, final = [], None
     if keep.isdigit():

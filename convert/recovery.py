@@ -16,6 +16,9 @@ import numpy as np
 
 from qconv.console import console
 
+from .fake_quant import FakeQuant
+from .smoothquant import AttentionLayout
+
 SMOOTH_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -42,14 +45,18 @@ class CalibrationSet:
     reference: list[np.ndarray] = field(default_factory=list)
     source: str = ""
     target: RecoveryTarget = field(default_factory=RecoveryTarget)
+    # The model's attention heads (config.json): SmoothQuant needs them to smooth o_proj under GQA.
+    layout: AttentionLayout | None = None
 
     @classmethod
     def build(cls, art, src: Path, pairs, source: str) -> CalibrationSet:
         from qconv.tasks import task_of
 
         from .calibration import calibration_batches
+        from .optimize import model_config
 
-        calib = cls(calibration_batches(art, pairs), task_of(art).output, source=source)
+        layout = AttentionLayout.from_config(model_config(art))
+        calib = cls(calibration_batches(art, pairs), task_of(art).output, source=source, layout=layout)
         calib.reference = calib.outputs(src)
         return calib
 
@@ -123,11 +130,9 @@ def public(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("path", "info")}
 
 
-def sensitivity(
-    model, matmuls: list[str], batches, work: Path, per_channel: bool = True, per_token: bool = False
-) -> list[dict]:
+def sensitivity(model, matmuls: list[str], batches, work: Path, sim: FakeQuant = FakeQuant()) -> list[dict]:
     """Per-MatMul relative output error (mean over tokens) of dynamic INT8 (per-tensor uint8 activations, or
-    per-token ones, and int8 weights) on the calibration activations, most sensitive first. A local proxy for
+    per-token ones, and int8 weights, as ``sim`` says) on the calibration activations, most sensitive first. A local proxy for
     "the pooled output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
     (tests/test_quantize.py checks both put the same MatMuls on top of the outlier model)."""
     from onnx import numpy_helper
@@ -153,39 +158,14 @@ def sensitivity(
     for name in matmuls:
         node = nodes[name]
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        w_q = _fake_quant_weight(weight, per_channel)
         errors = []
         for x in activations[node.input[0]]:
-            exact = x @ weight
-            x_q = _fake_quant_rows(x) if per_token else _fake_quant_activation(x)
-            error = np.linalg.norm(x_q @ w_q - exact, axis=1)
+            error, exact = sim.squared_errors(x, weight)
             # Per token: one outlier row sets the step for the batch, and the ordinary rows pay for it.
-            errors.append(error / np.maximum(np.linalg.norm(exact, axis=1), 1e-12))
+            errors.append(np.sqrt(error / np.maximum(exact, 1e-24)))
         ranking.append({"node": name, "relative_error": float(np.concatenate(errors).mean())})
     ranking.sort(key=lambda r: r["relative_error"], reverse=True)
     return ranking
-
-
-def _fake_quant_activation(x: np.ndarray) -> np.ndarray:
-    # DynamicQuantizeLinear: one uint8 scale and zero point for the whole tensor, range including 0.
-    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = (high - low) / 255.0 or 1.0
-    zero = np.clip(np.round(-low / scale), 0, 255)
-    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
-
-
-def _fake_quant_rows(x: np.ndarray) -> np.ndarray:
-    # convert/per_token.py: one symmetric scale per row (token), with its constants.
-    from .per_token import LEVELS, MIN_RANGE
-
-    step = np.maximum(np.abs(x).max(axis=-1, keepdims=True), MIN_RANGE) / LEVELS
-    return np.round(x / step) * step
-
-
-def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
-    peak = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max()
-    scale = np.where(peak > 0, peak / 127.0, 1.0)
-    return np.clip(np.round(w / scale), -127, 127) * scale
 
 
 def batch_coupling(art, path: Path, source: Path | dict | None = None) -> dict:

@@ -338,7 +338,13 @@ def _only_for(kind: str, dataset: str, **given) -> None:
 
 @cli.command()
 @click.argument("artifact", required=False)
-@click.option("--dataset", required=True, help="sts12 | bq (embedding), msmarco (reranker).")
+@click.option(
+    "--dataset",
+    "datasets",
+    required=True,
+    multiple=True,
+    help="sts12 | bq (embedding), msmarco (reranker); repeatable (one report each).",
+)
 @click.option("--variant", default="model", show_default=True, help="ONNX variant (onnx/model_<variant>.onnx).")
 @click.option("--data-files", type=click.Path(dir_okay=False), help="Local JSONL/Parquet/CSV in the dataset's schema.")
 @click.option("--split", help="Dataset split [default: the dataset's evaluation split].")
@@ -370,7 +376,7 @@ def _only_for(kind: str, dataset: str, **given) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Also print the JSON report on stdout.")
 def validate(
     artifact,
-    dataset,
+    datasets,
     variant,
     data_files,
     split,
@@ -395,8 +401,11 @@ def validate(
     from qconv.tasks import task_for_dataset_kind
     from qconv.validate.datasets import dataset_spec
     from qconv.validate.report import to_json
+    from qconv.validate.runner import check_validation_request
 
-    spec = dataset_spec(dataset)
+    datasets = tuple(dict.fromkeys(datasets))  # the same dataset twice is one run
+    if len(datasets) > 1 and (data_files or split):
+        raise QconvError("--data-files and --split name one dataset's data: give a single --dataset with them")
     common = dict(
         variant=variant,
         data_files=data_files,
@@ -410,24 +419,34 @@ def validate(
         batch_tokens=batch_tokens,
         raise_on_fail=False,
     )
-    # Each gate applies to the dataset kinds whose reports carry its value (qconv.gates.GATES).
-    applies = {name: value for name, value in gates.items() if spec.kind in GATES[name].kinds}
-    elsewhere = {name: value for name, value in gates.items() if name not in applies}
-    task = task_for_dataset_kind(spec.kind)
-    # The task-specific options: the task declares its own (and their defaults); the others' are refused.
     specific = {"max_candidates": max_candidates, "batch_size": batch_size, "dim": dim}
-    declared = {f.name for f in dataclasses.fields(task.validate_options)} if task.validate_options else set()
-    others = {name: value for name, value in specific.items() if name not in declared}
-    with console_on_stderr(as_json):
-        art = find_artifact(artifact)
-        _only_for(task.name, dataset, **others, **elsewhere)
+    plans = []
+    for dataset in datasets:  # every dataset's arguments are checked before any work
+        spec = dataset_spec(dataset)
+        # Each gate applies to the dataset kinds whose reports carry its value (qconv.gates.GATES).
+        applies = {name: value for name, value in gates.items() if spec.kind in GATES[name].kinds}
+        elsewhere = {name: value for name, value in gates.items() if name not in applies}
+        task = task_for_dataset_kind(spec.kind)
+        # The task-specific options: the task declares its own (and their defaults); the others' are refused.
+        declared = {f.name for f in dataclasses.fields(task.validate_options)} if task.validate_options else set()
+        _only_for(task.name, dataset, **{n: v for n, v in specific.items() if n not in declared}, **elsewhere)
         given = {name: value for name, value in specific.items() if name in declared and value is not None}
         own = dataclasses.asdict(task.validate_options(**given)) if task.validate_options else {}
-        report = task.validate(art, dataset, **own, **applies, **common)
+        plans.append((dataset, task, {**own, **applies}))
+    reports, failed = [], []
+    with console_on_stderr(as_json):
+        art = find_artifact(artifact)
+        for dataset, _, _ in plans:
+            check_validation_request(art, dataset, limit)
+        for dataset, task, options in plans:
+            report = task.validate(art, dataset, **options, **common)
+            reports.append(report)
+            if not report["passed"]:
+                failed.append(f"{dataset}: {'; '.join(report['failures'])}")
     if as_json:
-        click.echo(to_json(report))
-    if not report["passed"]:
-        raise GateFailed(f"validation failed for {variant} on {dataset}: {'; '.join(report['failures'])}")
+        click.echo(to_json(reports[0] if len(reports) == 1 else reports))
+    if failed:
+        raise GateFailed(f"validation failed for {variant} on {' | '.join(failed)}")
 
 
 class _OnlyOption(click.Option):

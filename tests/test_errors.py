@@ -230,6 +230,18 @@ def test_msmarco_query_without_candidates(run_cli, seqcls_copy, tmp_path):
     assert_one_line_error(code, err, "query 2 has no candidate passages")
 
 
+def test_repeated_dataset_is_checked_before_any_work(artifact_copy, run_cli, tmp_path):
+    # msmarco is a reranker dataset: refused before sts12 runs, nothing written
+    code, _, err = run_cli("validate", artifact_copy, "--dataset", "sts12", "--dataset", "msmarco")
+    assert_one_line_error(code, err, "dataset 'msmarco' needs a reranker artifact")
+    assert not (artifact_copy / "reports").exists()
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"sentence1": "a", "sentence2": "b", "score": 1.0}) + "\n")
+    code, _, err = run_cli("validate", artifact_copy, "--dataset", "sts12", "--dataset", "bq", "--data-files", data)
+    assert_one_line_error(code, err, "give a single --dataset")
+    assert not (artifact_copy / "reports").exists()
+
+
 def test_dataset_and_artifact_task_must_match(run_cli, seqcls_copy, artifact_copy):
     code, _, err = run_cli("validate", seqcls_copy, "--dataset", "sts12")
     assert_one_line_error(code, err, "needs an embedding artifact")

@@ -35,10 +35,16 @@ def test_smoothquant_fold_is_exact_on_plain_and_o2_graphs(outlier_copy, variant,
     src = art.variant_path(variant)
     calib = CalibrationSet.build(art, src, CALIBRATION_PAIRS, "built-in")
     model = onnx.load(str(src))
-    groups = smoothquant.find_groups(model)
-    # per layer: q/k/v after input_layernorm, gate/up after post_attention_layernorm, down_proj via up_proj
-    assert len(groups) == 3 * 6
-    assert sum(1 for g in groups if g.divide_columns) == 6
+    # Without the head layout a GQA model's o_proj cannot be smoothed (which query heads share a value?).
+    assert not any(g.value_channel is not None for g in smoothquant.find_groups(model))
+    groups = smoothquant.find_groups(model, calib.layout)
+    # per layer: q/k/v after input_layernorm, gate/up after post_attention_layernorm, down_proj via up_proj,
+    # o_proj via v_proj (4 query heads on 2 value heads: channel h * 32 + j reads value column (h // 2) * 32 + j)
+    assert calib.layout == smoothquant.AttentionLayout(heads=4, kv_heads=2, head_dim=32)
+    assert len(groups) == 4 * 6
+    o_groups = [g for g in groups if g.value_channel is not None]
+    assert len(o_groups) == 6 and all(g.site.startswith("attention output") for g in o_groups)
+    assert list(o_groups[0].value_channel[[0, 31, 32, 64, 127]]) == [0, 31, 0, 32, 63]
     ranges = smoothquant.activation_ranges(model, groups, calib.batches, tmp_path)
     smoothed, summary = smoothquant.smooth(model, groups, ranges, 0.8)
     scales = [(s["scale_min"], s["scale_max"]) for s in summary]
@@ -76,7 +82,7 @@ def test_smooth_recovers_int8_on_the_outlier_model(outlier_copy):
     assert variant == f"qint8_{PRESET}_sq"
     smooth = entry["details"]["smoothquant"]
     assert smooth["alpha"] == 0.8 and smooth["chosen_by"] == "--smooth" and smooth["scale_min"] > 0
-    assert smooth["sites"] == 18 and "not smoothed" in smooth["o_proj"]
+    assert smooth["sites"] == 24 and smooth["o_proj"].startswith("6 smoothed through v_proj")
     assert plain_entry["check"]["cosine_min"] < 0.9 <= 0.98 <= entry["check"]["cosine_min"]
     assert entry["op_counts"]["MatMulInteger"] == plain_entry["op_counts"]["MatMulInteger"]  # no runtime cost
     assert entry["details"]["calibration"]["texts"].startswith("qconv built-in")
@@ -85,6 +91,20 @@ def test_smooth_recovers_int8_on_the_outlier_model(outlier_copy):
     report = json.loads((outlier_copy / entry["report"]).read_text())
     assert report["details"]["smoothquant"]["alpha"] == 0.8
     assert Artifact(outlier_copy).variants[variant]["report"] == entry["report"]
+
+    # auto: every site takes the alpha (or none) whose MatMul outputs stay closest under the INT8 stand-in
+    from qconv.convert.smoothquant import SITE_ALPHAS
+
+    _, auto = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET, smooth="auto"), overwrite=True)
+    smooth = auto["details"]["smoothquant"]
+    assert smooth["alpha"] == "per site" and len(smooth["per_site"]) == 24 and not smooth["searched"]
+    for site in smooth["per_site"]:
+        errors = site["output_error"]
+        assert list(errors) == [str(a) for a in SITE_ALPHAS] and errors[str(site["alpha"])] == min(errors.values())
+    assert sum(sum(kinds.values()) for kinds in smooth["site_alphas"].values()) == 24
+    # the outliers need smoothing somewhere, and a per-site choice is no worse than one alpha for all sites
+    assert any(site["alpha"] is not None for site in smooth["per_site"])
+    assert auto["check"]["cosine_min"] >= entry["check"]["cosine_min"] - 1e-3
 
 
 def test_keep_patterns_keep_exactly_the_named_matmuls_fp32(outlier_copy):
@@ -152,6 +172,10 @@ def test_per_token_activations_remove_batch_coupling(outlier_copy):
 
 def test_recover_auto_stops_at_the_first_passing_rung(outlier_copy, monkeypatch):
     from qconv.convert import quantize as quantize_module
+
+    # One alpha for every site, searched by building candidates (what q8 does; int8 chooses per site without
+    # building any): the search and its clean-up are what this test watches.
+    monkeypatch.setattr(quantize_module.Int8Dynamic, "fake_quant", lambda self, config: None)
 
     # Every search candidate and failed rung is removed as soon as it lost (0.6-2.4 GB each at 0.6B):
     # whenever a new candidate is built, at most the current search's best one is on disk.

@@ -138,6 +138,18 @@ def test_cli_json_and_exit_status(artifact_copy, run_cli):
     assert len(errors) == 1 and errors[0].startswith("error: validation failed") and "Traceback" not in err
 
 
+def test_repeated_dataset_validates_each(artifact_copy, run_cli):
+    code, out, err = run_cli(
+        "validate", artifact_copy, "--dataset", "sts12", "--dataset", "bq", "--limit", "20", "--json"
+    )
+    assert code == 0, err
+    reports = json.loads(out)
+    assert [r["dataset"] for r in reports] == ["sts12", "bq"] and all(r["n_pairs"] == 20 for r in reports)
+    for name in ("sts12", "bq"):
+        assert (artifact_copy / "reports" / f"validate-model-{name}.json").is_file()
+    assert set(Artifact(artifact_copy).manifest["validation"]["model"]) == {"sts12", "bq"}
+
+
 def test_artifact_discovery(artifact_copy, tmp_path, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "artifacts").mkdir()
