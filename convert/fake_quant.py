@@ -38,8 +38,8 @@ class FakeQuant:
         scale = np.where(peak > 0, peak / levels, 1.0)
         return np.clip(np.round(w / scale), -levels, levels) * scale
 
-    def squared_errors(self, x: np.ndarray, w: np.ndarray, exact: np.ndarray | None = None):
-        """(|quantized - exact|^2, |exact|^2) per row of ``x @ w``; ``x`` is one batch (one per-tensor step)."""
-        exact = x @ w if exact is None else exact
-        error = self.activation(x) @ self.weight(w) - exact
+    def squared_errors(self, x: np.ndarray, quantized_weight: np.ndarray, exact: np.ndarray):
+        """(|quantized - exact|^2, |exact|^2) per row of ``x @ w``, given ``weight(w)`` and ``x @ w`` (each
+        computed once by the caller, not once per batch); ``x`` is one batch (one per-tensor step)."""
+        error = self.activation(x) @ quantized_weight - exact
         return np.einsum("ij,ij->i", error, error), np.einsum("ij,ij->i", exact, exact)

@@ -132,8 +132,8 @@ def public(metrics: dict) -> dict:
 
 def sensitivity(model, matmuls: list[str], batches, work: Path, sim: FakeQuant = FakeQuant()) -> list[dict]:
     """Per-MatMul relative output error (mean over tokens) of dynamic INT8 (per-tensor uint8 activations, or
-    per-token ones, and int8 weights, as ``sim`` says) on the calibration activations, most sensitive first. A local proxy for
-    "the pooled output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
+    per-token ones, and int8 weights, as ``sim`` says) on the calibration activations, most sensitive first. A
+    local proxy for "the pooled output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
     (tests/test_quantize.py checks both put the same MatMuls on top of the outlier model)."""
     from onnx import numpy_helper
 
@@ -158,9 +158,10 @@ def sensitivity(model, matmuls: list[str], batches, work: Path, sim: FakeQuant =
     for name in matmuls:
         node = nodes[name]
         weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        w_q = sim.weight(weight)
         errors = []
         for x in activations[node.input[0]]:
-            error, exact = sim.squared_errors(x, weight)
+            error, exact = sim.squared_errors(x, w_q, x @ weight)
             # Per token: one outlier row sets the step for the batch, and the ordinary rows pay for it.
             errors.append(np.sqrt(error / np.maximum(exact, 1e-24)))
         ranking.append({"node": name, "relative_error": float(np.concatenate(errors).mean())})

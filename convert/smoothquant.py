@@ -92,6 +92,10 @@ class SmoothGroup:
     # ``divide_vectors`` / ``divide_columns`` (v_proj's bias / weight) are in value columns.
     value_channel: np.ndarray | None = None
 
+    def row_scale(self, scale: np.ndarray) -> np.ndarray:
+        """The scale per activation channel (= weight row) for the group's scale (per value column for o_proj)."""
+        return scale if self.value_channel is None else scale[self.value_channel]
+
 
 class _Graph(GraphIndex):
     def weight_of(self, node) -> str | None:
@@ -325,7 +329,7 @@ def smooth(
             chosen, scale, errors = _best_site_alpha(group, readers, ranges, samples[group.activation], sim)
         else:
             chosen, scale, errors = alpha, _scale(group, readers, ranges, alpha), None
-        row_scale = scale if group.value_channel is None else scale[group.value_channel]
+        row_scale = group.row_scale(scale)
         for name in group.matmuls:
             arrays[weights[name]] = array(weights[name]) * row_scale[:, None]
         for name in group.divide_vectors:
@@ -370,14 +374,14 @@ def _best_site_alpha(group, readers, ranges, batches, sim) -> tuple[float | None
     errors, best = {}, None
     for alpha in SITE_ALPHAS:
         scale = _scale(group, readers, ranges, alpha)
-        row_scale = scale if group.value_channel is None else scale[group.value_channel]
-        scaled = [w * row_scale[:, None] for w in readers]
+        row_scale = group.row_scale(scale)
+        quantized = [sim.weight(w * row_scale[:, None]) for w in readers]  # once per alpha, not per batch
         per_row = []
         for x, wanted in zip(batches, exact):
             x_s = x / row_scale[None, :]
             error = norm = 0.0
-            for w, want in zip(scaled, wanted):
-                e, n = sim.squared_errors(x_s, w, want)
+            for w_q, want in zip(quantized, wanted):
+                e, n = sim.squared_errors(x_s, w_q, want)
                 error, norm = error + e, norm + n
             per_row.append(np.sqrt(error / np.maximum(norm, 1e-24)))
         errors[str(alpha)] = float(np.concatenate(per_row).mean())
