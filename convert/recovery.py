@@ -133,8 +133,8 @@ def public(metrics: dict) -> dict:
 def sensitivity(model, matmuls: list[str], batches, work: Path, sim: FakeQuant = FakeQuant()) -> list[dict]:
     """Per-MatMul relative output error (mean over tokens) of dynamic INT8 (per-tensor uint8 activations, or
     per-token ones, and int8 weights, as ``sim`` says) on the calibration activations, most sensitive first. A
-    local proxy for "the pooled output with only that MatMul quantized": one fp32 run instead of one quantized model per MatMul
-    (tests/test_quantize.py checks both put the same MatMuls on top of the outlier model)."""
+    local proxy for "the pooled output with only that MatMul quantized": one fp32 run instead of one quantized
+    model per MatMul (tests/test_quantize.py checks both put the same MatMuls on top of the outlier model)."""
     from onnx import numpy_helper
 
     from .smoothquant import _attended_rows
