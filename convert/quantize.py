@@ -624,13 +624,9 @@ def _needs_calibration(config) -> bool:
 
 def _check_declared(config) -> None:
     """Every value against its declaration (allowed values, range), in the CLI's words."""
-    from qconv.pipeline.options import check_value, public_fields
+    from qconv.pipeline.options import check_config
 
-    hints = typing.get_type_hints(type(config))
-    for f in public_fields(config):
-        problem = check_value(f, hints[f.name], getattr(config, f.name), config.mode)
-        if problem:
-            raise QconvError(problem)
+    check_config(config, config.mode)
 
 
 def resolved(config):

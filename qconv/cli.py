@@ -11,28 +11,11 @@ from pathlib import Path
 import click
 
 from qconv.errors import QconvError, one_line
+from qconv.pipeline.export_cli import ExportGroup
 
 
 def _split_providers(value: str | None) -> list[str] | None:
     return [p for p in value.split(",") if p.strip()] if value else None
-
-
-def _export_options(command):
-    """Options every export command shares."""
-    for option in reversed(
-        [
-            click.option("--opset", type=int, default=18, show_default=True),
-            click.option("--revision", help="Hub revision (branch, tag or commit)."),
-            click.option(
-                "--external-data/--no-external-data",
-                default=None,
-                help="Store weights beside the graph [default: only when over 2 GB].",
-            ),
-            click.option("--overwrite", is_flag=True, help="Replace an existing artifact directory."),
-        ]
-    ):
-        command = option(command)
-    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,78 +24,9 @@ def cli() -> None:
     """Turn Qwen3 embedding and reranker models into fast, verified ONNX artifacts."""
 
 
-@cli.group()
+@cli.group(cls=ExportGroup)
 def export() -> None:
-    """Export a model to an ONNX artifact."""
-
-
-@export.command("embedding")
-@click.option(
-    "--model",
-    "model",
-    default="Qwen/Qwen3-Embedding-0.6B",
-    show_default=True,
-    help="Local model directory or Hugging Face Hub id.",
-)
-@click.option(
-    "--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>]."
-)
-@click.option("--pooling", default="auto", show_default=True, help="auto | lasttoken | mean | cls.")
-@click.option("--no-normalize", is_flag=True, help="Do not L2-normalise sentence_embedding.")
-@_export_options
-def export_embedding_cmd(model, output, pooling, no_normalize, opset, revision, external_data, overwrite) -> None:
-    """Export a sentence-embedding model (Qwen3-Embedding, BERT-family sentence-transformers)."""
-    from qconv.convert.export import export_embedding
-
-    export_embedding(
-        model,
-        output,
-        pooling=pooling,
-        normalize=not no_normalize,
-        opset=opset,
-        revision=revision,
-        external_data=external_data,
-        overwrite=overwrite,
-    )
-
-
-@export.command("reranker")
-@click.option(
-    "--model",
-    "model",
-    default="Qwen/Qwen3-Reranker-0.6B",
-    show_default=True,
-    help="Qwen3-Reranker checkpoint (causal LM) or a converted seq-cls checkpoint; directory or Hub id.",
-)
-@click.option(
-    "--seq-cls",
-    "seq_cls",
-    is_flag=True,
-    help="Export a one-logit classification head (W[yes] - W[no]); without it, the causal-LM format.",
-)
-@click.option(
-    "--output", type=click.Path(file_okay=False), help="Artifact directory [default: artifacts/<model-name>-<format>]."
-)
-@click.option("--instruction", help="Default instruction stored in the artifact.")
-@click.option("--max-length", type=int, help="Token budget per pair (template included) [default: 8192].")
-@_export_options
-def export_reranker_cmd(
-    model, seq_cls, output, instruction, max_length, opset, revision, external_data, overwrite
-) -> None:
-    """Export a Qwen3-Reranker; --seq-cls is the fast, exact format."""
-    from qconv.convert.reranker_export import export_reranker
-
-    export_reranker(
-        model,
-        output,
-        seq_cls=seq_cls,
-        instruction=instruction,
-        max_length=max_length,
-        opset=opset,
-        revision=revision,
-        external_data=external_data,
-        overwrite=overwrite,
-    )
+    """Export a model to an ONNX artifact: one subcommand per task."""
 
 
 class _QuantizeCommand(click.Command):

@@ -3,7 +3,7 @@
 import json
 
 from qconv.pipeline.recipe import load_recipe
-from qconv.testing.demo import DEMO_RECIPES, demo_recipe
+from qconv.testing.demo import demo_recipe, demo_recipes
 
 
 def test_demo_runs_both_recipes_offline_and_says_weights_are_random(run_cli, tmp_path):
@@ -29,7 +29,7 @@ def test_demo_runs_both_recipes_offline_and_says_weights_are_random(run_cli, tmp
 
 
 def test_demo_recipes_are_bundled_with_the_package():
-    for task in DEMO_RECIPES:
+    for task in demo_recipes():
         assert demo_recipe(task).is_file()
 
 

@@ -69,7 +69,7 @@ def test_unknown_pooling_and_bad_opset(run_cli, tiny_qwen3, tmp_path):
     code, _, err = run_cli(
         "export", "embedding", "--model", tiny_qwen3, "--pooling", "max", "--output", tmp_path / "out"
     )
-    assert_one_line_error(code, err, "unknown pooling 'max'")
+    assert_one_line_error(code, err, "unknown --pooling 'max' (choose auto, lasttoken, mean, cls)")
     code, _, err = run_cli("export", "embedding", "--model", tiny_qwen3, "--opset", "11", "--output", tmp_path / "out")
     assert_one_line_error(code, err, "--opset 11")
     assert not (tmp_path / "out").exists()

@@ -518,7 +518,7 @@ def test_publish_to_inside_the_artifact_is_refused(embedding, run_cli):
 
 
 def test_reproduce_commands_cover_optimize_quantize_and_recipes(artifact_copy):
-    from qconv.hub.card import reproduce_commands
+    from qconv.hub.reproduce import reproduce_commands
 
     art = Artifact(artifact_copy)
     art.variants["O2"] = {

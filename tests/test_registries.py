@@ -104,7 +104,8 @@ def test_a_registered_mode_is_in_the_manifest_the_gates_and_the_card(dummy_mode,
     from qconv.artifact import Artifact
     from qconv.convert.quantize import QuantizeOptions, quantize
     from qconv.gates import thresholds_for
-    from qconv.hub.card import TARGET_PROVIDERS, reproduce_commands
+    from qconv.hub.card import TARGET_PROVIDERS
+    from qconv.hub.reproduce import reproduce_commands
 
     variant, entry = quantize(artifact_copy, "dummy", options=QuantizeOptions(strength=3))
     assert variant == "dummy_s3" and entry["precision"] == "dummy" and entry["details"] == {"strength": 3}

@@ -2,21 +2,23 @@
 
 - No generic module compares a task name (or the dataset kind that stands for it): a source grep.
 - A dummy task registered in the test alone is picked up by the generic code: the manifest check, the
-  lookups, validation dispatch, the variant parity check, calibration batches, the bench plan, test models
-  and the demo list. Fake artifact directories only: nothing is exported.
+  lookups, validation dispatch, the variant parity check, calibration batches, the bench plan, test models,
+  the demo list, its ``qconv export dummy`` command and the model card (its sections and the Reproduce
+  command from its stored export options). Fake artifact directories only: nothing is exported.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qconv.errors import QconvError
+from qconv.pipeline.options import option
 from qconv.tasks import TASKS, Task, get_task, register_task, task_for_dataset_kind, task_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +82,7 @@ def test_no_task_branches_outside_the_task_modules():
 
 @dataclass
 class DummyExport:
-    flavour: str = "plain"
+    flavour: str = field(default="plain", metadata=option("How the dummy tastes.", choices=("plain", "salty")))
 
 
 class DummyTask(Task):
@@ -97,8 +99,20 @@ class DummyTask(Task):
     testmodel_class = "Qwen3Model"
     demo_recipe = "demo-dummy.yaml"
 
+    default_model = None  # --model is required
+    export_help = "Export a dummy scorer."
+
     def __init__(self):
         self.calls: list = []
+
+    def export(self, source, output, config, *, revision=None, overwrite=False):
+        self.calls.append(("export", source, output, config, {"revision": revision, "overwrite": overwrite}))
+
+    def card_usage(self, data, variant: str) -> str:
+        return f"## Usage\n\nScore widgets with `{variant}`."
+
+    def card_prompt(self, data) -> str:
+        return f"## Flavour\n\n{data.manifest['dummy']['flavour']}"
 
     def validate(self, art, dataset: str, **options) -> dict:
         self.calls.append(("validate", art, dataset, options))
@@ -248,3 +262,36 @@ def test_test_models_and_demos_come_from_the_registry(dummy, tmp_path):
     with pytest.raises(QconvError, match=r"unknown kind 'vision' \(choose embedding, reranker, dummy\)"):
         create_test_model(tmp_path / "v", "tiny", "vision")
     assert demo_recipes()["dummy"] == "demo-dummy.yaml"
+
+
+def test_the_dummy_task_has_an_export_command(dummy, run_cli, tmp_path):
+    code, out, _ = run_cli("export", "--help")
+    assert code == 0 and "dummy" in out and "Export a dummy scorer." in out
+    code, out, _ = run_cli("export", "dummy", "--help")
+    # The flag, its help and default come from DummyExport's declaration; --model has no default: required.
+    assert code == 0 and "--flavour TEXT" in out and "How the dummy tastes. [default: plain]" in out
+    code, _, err = run_cli("export", "dummy", "--flavour", "salty")
+    assert code == 2 and "Missing option '--model'" in err
+    code, _, err = run_cli("export", "dummy", "--model", "m", "--flavour", "bitter")
+    assert code == 2 and err.strip() == "error: --flavour bitter is not supported for qconv export dummy (plain or salty)"
+    assert dummy.calls == []  # checked before the task is asked to do anything
+    out_dir = tmp_path / "out"
+    code, _, _ = run_cli("export", "dummy", "--model", "m", "--flavour", "salty", "--output", out_dir, "--revision", "r")
+    assert code == 0
+    assert dummy.calls == [("export", "m", str(out_dir), DummyExport("salty"), {"revision": "r", "overwrite": False})]
+    run_cli("export", "dummy", "--model", "m", "--overwrite")
+    assert dummy.calls[-1] == ("export", "m", None, DummyExport(), {"revision": None, "overwrite": True})
+
+
+def test_the_card_of_a_dummy_artifact_comes_from_its_task(dummy, tmp_path):
+    from qconv.artifact import Artifact
+    from qconv.hub.card import write_model_card
+
+    path = _fake_artifact(tmp_path / "a", "dummy", {"flavour": "salty", "padding_side": "left"})
+    manifest = json.loads((path / "qconv.json").read_text())
+    manifest["stages"] = [{"stage": "export", "variant": "model", "options": {"flavour": "salty", "revision": None}}]
+    (path / "qconv.json").write_text(json.dumps(manifest), encoding="utf-8")
+    text = write_model_card(Artifact(path)).read_text(encoding="utf-8")
+    assert "## Usage\n\nScore widgets with `model`." in text and "## Flavour\n\nsalty" in text
+    # The Reproduce command is the stored export config, printed by the mapping its CLI flags come from.
+    assert "qconv export dummy --model dummy/model --flavour salty --output artifacts/a" in text

@@ -17,7 +17,7 @@ from typing import Any
 
 from qconv.artifact import BASE_VARIANT, Artifact, write_text_atomic
 from qconv.errors import QconvError
-from qconv.hub.reproduce import _NON_BUILD_STAGES, _reproduce_section, reproduce_commands  # noqa: F401
+from qconv.hub.reproduce import _NON_BUILD_STAGES, _reproduce_section
 from qconv.hub.snippets import TEMPLATES
 from qconv.tasks import task_of
 from qconv.validate.report import format_interval

@@ -38,17 +38,16 @@ def _export_command(data: _CardData, out: str) -> list[str]:
     elif data.random_weights:
         lines.append(f"# {model}: a random-weight test model (qconv.testing.testmodels), not a published checkpoint")
     revision = source.get("revision") if source.get("kind") == "hub" else options.get("revision")
-    common = []
-    if revision:
-        common.append(f"--revision {_q(revision)}")
-    if options.get("opset", 18) != 18:
-        common.append(f"--opset {options['opset']}")
-    if options.get("external_data") is not None:
-        common.append("--external-data" if options["external_data"] else "--no-external-data")
+    from qconv.pipeline.options import from_data, to_argv
     from qconv.tasks import get_task
 
-    args = [f"qconv export {data.task} --model {_q(model)}", *get_task(data.task).export_args(options, data.manifest)]
-    lines.append(" ".join(args + common + [f"--output {out}"]))
+    # The stored export options, printed by the mapping the export command's flags are generated from (keys
+    # the task's config does not declare, e.g. the revision, are not flags of its own).
+    config = from_data(get_task(data.task).export_config, options)
+    args = [f"qconv export {data.task} --model {_q(model)}", *(_q(a) for a in to_argv(config))]
+    if revision:
+        args.append(f"--revision {_q(revision)}")
+    lines.append(" ".join(args + [f"--output {out}"]))
     return lines
 
 

@@ -24,6 +24,23 @@ def qconv_where(data: _CardData, file: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def variant_context(data: _CardData, variant: str) -> dict:
+    """What every task's usage snippets name about the variant they load: its file, the ONNX folder and file
+    name, the model reference, the artifact name and Hub id, and where qconv's own loader finds it."""
+    file = data.art.variants[variant]["file"]
+    onnx_dir, onnx_name = file.rsplit("/", 1)
+    return {
+        "file": file,
+        "onnx_dir": onnx_dir,
+        "onnx_name": onnx_name,
+        "ref": data.model_ref,
+        "name": data.name,
+        "variant": variant,
+        "hub_id": data.hub_id,
+        "where": qconv_where(data, file),
+    }
+
+
 def _environment():
     import jinja2
 

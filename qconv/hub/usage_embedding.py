@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from qconv.hub.snippets import js_dtype, js_dtype_note, qconv_where, render_section
+from qconv.hub.snippets import js_dtype, js_dtype_note, render_section, variant_context
 
 if TYPE_CHECKING:
     from qconv.hub.card import _CardData
@@ -44,21 +44,12 @@ def _pooling_code(pooling: str | None, normalize: bool) -> list[str]:
 
 def usage(data: _CardData, variant: str) -> str:
     """The "Usage" section: sentence-transformers, optimum, fastembed, transformers.js, qconv's ``Embedder``."""
-    file = data.art.variants[variant]["file"]
-    onnx_dir, onnx_name = file.rsplit("/", 1)
     emb = data.manifest.get("embedding") or {}
     query_prompt = (emb.get("prompts") or {}).get("query")
     query, document = "What is the capital of China?", "The capital of China is Beijing."
     return render_section(
         "usage-embedding.md",
-        file=file,
-        onnx_dir=onnx_dir,
-        onnx_name=onnx_name,
-        ref=data.model_ref,
-        name=data.name,
-        variant=variant,
-        hub_id=data.hub_id,
-        where=qconv_where(data, file),
+        **variant_context(data, variant),
         query=query,
         document=document,
         named=', prompt_name="query"' if query_prompt else "",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from qconv.hub.snippets import js_dtype, js_dtype_note, qconv_where, render_section
+from qconv.hub.snippets import js_dtype, js_dtype_note, render_section, variant_context
 
 if TYPE_CHECKING:
     from qconv.hub.card import _CardData
@@ -51,8 +51,6 @@ def _template_tokens(data: _CardData) -> int | None:
 def usage(data: _CardData, variant: str) -> str:
     """The "Usage" section: CrossEncoder, then the consumers given the exact scored text (seq-cls format), and
     qconv's ``Reranker``."""
-    file = data.art.variants[variant]["file"]
-    onnx_dir, onnx_name = file.rsplit("/", 1)
     rr = data.manifest.get("reranker") or {}
     template = rr.get("template") or {}
     seq_cls = _format(data) == "seq-cls"
@@ -66,14 +64,7 @@ def usage(data: _CardData, variant: str) -> str:
     return render_section(
         "usage-reranker.md",
         seq_cls=seq_cls,
-        file=file,
-        onnx_dir=onnx_dir,
-        onnx_name=onnx_name,
-        ref=data.model_ref,
-        name=data.name,
-        variant=variant,
-        hub_id=data.hub_id,
-        where=qconv_where(data, file),
+        **variant_context(data, variant),
         max_length=rr.get("max_length"),
         overhead=_template_tokens(data) if seq_cls else None,
         padding_side=rr.get("padding_side"),

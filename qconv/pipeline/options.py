@@ -7,7 +7,10 @@ writes a flag, a check or a command line of its own.
 
 Field metadata (``option(...)``): ``help``; ``key``, the recipe key when it is not the field name (``from``);
 ``flag``, the CLI flag when it is not ``--<key>`` (for a bool whose default is True, the flag that turns it
-off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None); ``file`` (a file path).
+off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None); ``file`` (a file path); ``implied``,
+the value a default of None stands for (an opset of None is the exporter's 18: shown as the default, and a
+stored 18 is not repeated on a command line); ``always``, a flag a command line always spells out even at its
+default (``--seq-cls``: a reader should not need to know the default).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def option(
     choices: tuple | list | None = None,
     range: tuple[float, float | None] | None = None,
     file: bool = False,
+    implied: Any = None,
+    always: bool = False,
 ) -> dict:
     """The metadata of one declared option (see the module docstring)."""
     meta: dict[str, Any] = {"help": help}
@@ -39,6 +44,10 @@ def option(
         meta["range"] = range
     if file:
         meta["file"] = True
+    if implied is not None:
+        meta["implied"] = implied
+    if always:
+        meta["always"] = True
     return meta
 
 
@@ -60,6 +69,12 @@ def default_of(f: dataclasses.Field):
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return dataclasses.MISSING
+
+
+def effective_default(f: dataclasses.Field):
+    """The declared default, or the value a default of None stands for (``implied``)."""
+    default = default_of(f)
+    return f.metadata["implied"] if default is None and "implied" in f.metadata else default
 
 
 def shape_of(tp) -> tuple[str, Any]:
@@ -103,6 +118,18 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
     return None
 
 
+def check_config(config, what: str) -> None:
+    """Every value of ``config`` against its declaration (allowed values, range), in the CLI's words: the
+    first problem is a QconvError (one line, exit 2)."""
+    from qconv.errors import QconvError
+
+    hints = typing.get_type_hints(type(config))
+    for f in public_fields(config):
+        problem = check_value(f, hints[f.name], getattr(config, f.name), what)
+        if problem:
+            raise QconvError(problem)
+
+
 def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
     """The CLI arguments that give ``config``: every option whose value differs from its declared default."""
     hints = typing.get_type_hints(type(config))
@@ -111,7 +138,7 @@ def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
         if f.name in skip:
             continue
         value, default = getattr(config, f.name), default_of(f)
-        if value == default or value is None:
+        if value is None or (value in (default, effective_default(f)) and not f.metadata.get("always")):
             continue
         kind, _ = shape_of(hints[f.name])
         flag = flag_of(f)
@@ -162,7 +189,7 @@ def collect(configs: dict[str, type], skip: tuple[str, ...] = ()) -> dict[str, D
             entry = declared.setdefault(f.name, Declared(f, kind))
             if entry.kind != kind or flag_of(entry.field) != flag_of(f):
                 raise TypeError(f"option '{f.name}' of {owner} clashes with the same option of another owner")
-            entry.owners.append((owner, default_of(f)))
+            entry.owners.append((owner, effective_default(f)))
             entry.helps.setdefault(f.metadata.get("help", ""), []).append(owner)
     return declared
 

@@ -145,13 +145,10 @@ class ExportStage(Stage):
         from qconv.artifact import Artifact
         from qconv.tasks import get_task
 
-        recipe, export = ctx.recipe, ctx.recipe.export
+        recipe = ctx.recipe
         source = str(source_path(recipe, ctx.options))
         revision = None if ctx.options.model else recipe.model.revision
-        common = {"revision": revision, "external_data": export.external_data, "overwrite": True}
-        if export.opset is not None:
-            common["opset"] = export.opset
-        get_task(recipe.task).export(source, ctx.target, export, **common)
+        get_task(recipe.task).export(source, ctx.target, recipe.export, revision=revision, overwrite=True)
         ctx.art = Artifact(ctx.target)
 
 

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qconv.errors import QconvError
+from qconv.pipeline.options import option
 
 if TYPE_CHECKING:
     import numpy as np
 
     from qconv.artifact import Artifact
+
+
+@dataclass
+class ExportCommon:
+    """The exporter's options every task's export config shares (a task's config subclasses it)."""
+
+    opset: int | None = field(default=None, metadata=option("ONNX opset.", range=(18, 23), implied=18))
+    external_data: bool | None = field(
+        default=None, metadata=option("Store weights beside the graph [default: only when over 2 GB].")
+    )
+
+    def exporter_options(self) -> dict:
+        """The keywords of the export functions these options are (an opset of None: theirs)."""
+        options: dict[str, Any] = {"external_data": self.external_data}
+        if self.opset is not None:
+            options["opset"] = self.opset
+        return options
 
 
 class Task:
@@ -24,7 +43,11 @@ class Task:
     name: ClassVar[str]
     dataset_kind: ClassVar[str]  # the DatasetSpec.kind its validation datasets have
     output: ClassVar[str]  # the graph output parity checks and benchmarks read
-    export_config: ClassVar[type]  # typed export options (dataclass): recipe schema and CLI
+    export_config: ClassVar[type]  # typed export options (dataclass): recipe schema, CLI, card's Reproduce
+    default_model: ClassVar[str | None] = None  # ``qconv export <task> --model``'s default (None: required)
+    export_help: ClassVar[str] = ""  # ``qconv export <task> --help``'s first line
+    model_help: ClassVar[str] = "Local model directory or Hugging Face Hub id."
+    output_help: ClassVar[str] = "Artifact directory [default: artifacts/<model-name>]."
     exact_gates: ClassVar[dict[str, float] | None] = None  # default validation gates of its fp32 graphs
 
     # -- export -----------------------------------------------------------------------------------------
@@ -32,7 +55,9 @@ class Task:
         """Why ``config`` cannot be a pipeline export (None: it can)."""
         return None
 
-    def export(self, source, output, config, **common) -> Any:
+    def export(self, source, output, config, *, revision: str | None = None, overwrite: bool = False) -> Any:
+        """Export ``source`` (a directory or Hub id) into the artifact ``output`` with ``config`` (an instance of
+        ``export_config``): ``qconv export <task>`` and the recipe's export stage both call this."""
         raise NotImplementedError
 
     # -- runtime and parity -----------------------------------------------------------------------------
@@ -80,10 +105,6 @@ class Task:
         raise NotImplementedError
 
     # -- description ------------------------------------------------------------------------------------
-    def export_args(self, options: dict, manifest: dict) -> list[str]:
-        """Its ``qconv export <task>`` flags that repeat a recorded export (the card's Reproduce section)."""
-        return []
-
     def describe(self, manifest: dict) -> str:
         """What the artifact is for, in a few words ("sentence embeddings")."""
         return self.name

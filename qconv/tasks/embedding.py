@@ -5,21 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .base import Task, register_task
+from qconv.pipeline.options import option
 
-
-def _at_least(low: int, high: int | None = None) -> dict:
-    return {"range": (low, high)}
+from .base import ExportCommon, Task, register_task
 
 
 @dataclass
-class EmbeddingExport:
+class EmbeddingExport(ExportCommon):
     """Export options of an embedding artifact (recipe ``export:`` and ``qconv export embedding``)."""
 
-    pooling: Literal["auto", "lasttoken", "mean", "cls"] = "auto"
-    normalize: bool = True
-    opset: int | None = field(default=None, metadata=_at_least(18, 23))  # what the exporter handles
-    external_data: bool | None = None
+    pooling: Literal["auto", "lasttoken", "mean", "cls"] = field(
+        default="auto", metadata=option("How token states become sentence_embedding (auto: the model's own).")
+    )
+    normalize: bool = field(
+        default=True, metadata=option("Do not L2-normalise sentence_embedding.", flag="--no-normalize")
+    )
 
 
 @dataclass
@@ -38,11 +38,21 @@ class EmbeddingTask(Task):
     # fp32 graphs (the export, the fp32 optimize levels): the same computation, so the strictest gates
     exact_gates = {"min_cosine": 0.99999, "max_delta": 1e-4}
     export_config = EmbeddingExport
+    default_model = "Qwen/Qwen3-Embedding-0.6B"
+    export_help = "Export a sentence-embedding model (Qwen3-Embedding, BERT-family sentence-transformers)."
 
-    def export(self, source, output, config: EmbeddingExport, **common):
+    def export(self, source, output, config: EmbeddingExport, *, revision=None, overwrite=False):
         from qconv.convert.export import export_embedding
 
-        return export_embedding(source, output, pooling=config.pooling, normalize=config.normalize, **common)
+        return export_embedding(
+            source,
+            output,
+            pooling=config.pooling,
+            normalize=config.normalize,
+            revision=revision,
+            overwrite=overwrite,
+            **config.exporter_options(),
+        )
 
     def validate(self, art, dataset: str, **options) -> dict:
         from qconv.validate.embedding import validate_embedding
@@ -136,14 +146,3 @@ class EmbeddingTask(Task):
         return create_qwen3_embedding(out, shape=shape, seed=seed, outliers=outliers)
 
     validate_options = EmbeddingValidate
-
-    def export_args(self, options: dict, manifest: dict) -> list[str]:
-        """The ``qconv export embedding`` flags that repeat a recorded export (the card's Reproduce section)."""
-        import shlex
-
-        args = []
-        if options.get("pooling", "auto") != "auto":
-            args.append(f"--pooling {shlex.quote(str(options['pooling']))}")
-        if options.get("normalize") is False:
-            args.append("--no-normalize")
-        return args

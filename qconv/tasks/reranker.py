@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base import Task, register_task
+from qconv.pipeline.options import option
 
-
-def _at_least(low: int, high: int | None = None) -> dict:
-    return {"range": (low, high)}
+from .base import ExportCommon, Task, register_task
 
 
 @dataclass
-class RerankerExport:
+class RerankerExport(ExportCommon):
     """Export options of a reranker artifact (recipe ``export:`` and ``qconv export reranker``)."""
 
-    seq_cls: bool = True
-    instruction: str | None = None
-    max_length: int | None = field(default=None, metadata=_at_least(1))
-    opset: int | None = field(default=None, metadata=_at_least(18, 23))
-    external_data: bool | None = None
+    seq_cls: bool = field(
+        default=True,
+        metadata=option(
+            "Export a one-logit classification head (W[yes] - W[no]), the fast exact format; --no-seq-cls keeps "
+            "the causal-LM format.",
+            always=True,
+        ),
+    )
+    instruction: str | None = field(default=None, metadata=option("Default instruction stored in the artifact."))
+    max_length: int | None = field(
+        default=None, metadata=option("Token budget per pair (template included) [default: 8192].", range=(1, None))
+    )
 
 
 @dataclass
@@ -45,10 +50,24 @@ class RerankerTask(Task):
             return "export.seq_cls: false is not a pipeline format (use 'qconv export')"
         return None
 
-    def export(self, source, output, config: RerankerExport, **common):
+    default_model = "Qwen/Qwen3-Reranker-0.6B"
+    export_help = "Export a Qwen3-Reranker: a seq-cls head by default (fast, exact), or the causal-LM format."
+    model_help = "Qwen3-Reranker checkpoint (causal LM) or a converted seq-cls checkpoint; directory or Hub id."
+    output_help = "Artifact directory [default: artifacts/<model-name>-<format>]."
+
+    def export(self, source, output, config: RerankerExport, *, revision=None, overwrite=False):
         from qconv.convert.reranker_export import export_reranker
 
-        return export_reranker(source, output, instruction=config.instruction, max_length=config.max_length, **common)
+        return export_reranker(
+            source,
+            output,
+            seq_cls=config.seq_cls,
+            instruction=config.instruction,
+            max_length=config.max_length,
+            revision=revision,
+            overwrite=overwrite,
+            **config.exporter_options(),
+        )
 
     def validate(self, art, dataset: str, **options) -> dict:
         from qconv.validate.rerank import validate_reranker
@@ -155,17 +174,3 @@ class RerankerTask(Task):
         return create_qwen3_reranker(out, shape=shape, seed=seed, outliers=outliers)
 
     validate_options = RerankerValidate
-
-    def export_args(self, options: dict, manifest: dict) -> list[str]:
-        """The ``qconv export reranker`` flags that repeat a recorded export (the card's Reproduce section)."""
-        import shlex
-
-        rr = manifest.get("reranker") or {}
-        args = []
-        if options.get("seq_cls", rr.get("format") == "seq-cls"):
-            args.append("--seq-cls")
-        if options.get("instruction"):
-            args.append(f"--instruction {shlex.quote(str(options['instruction']))}")
-        if rr.get("max_length"):
-            args.append(f"--max-length {rr['max_length']}")
-        return args

@@ -21,9 +21,6 @@ def demo_recipes() -> dict[str, str]:
     return {name: task.demo_recipe for name, task in TASKS.items() if task.demo_recipe}
 
 
-DEMO_RECIPES = demo_recipes()  # the built-in tasks' demos (a task registered later is seen by demo_recipes())
-
-
 def demo_recipe(task: str) -> Path:
     """The bundled recipe file (``recipes/`` in a checkout, ``qconv/recipes`` in an installed wheel)."""
     return Path(str(resources.files("qconv.recipes") / demo_recipes()[task]))
