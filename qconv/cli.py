@@ -118,39 +118,35 @@ def fallback(artifact, variant, all_variants, providers, runtime, as_json) -> No
         click.echo(json.dumps(results, indent=2))
 
 
-@cli.command("bench")
+class _BenchCommand(click.Command):
+    """``qconv bench``: its options are generated from the bench stage's config (``BenchStep``) when the
+    command is parsed or its help shown (not at import)."""
+
+    def get_params(self, ctx):
+        from qconv.pipeline.configs import BenchStep
+        from qconv.pipeline.options import click_options
+
+        params = super().get_params(ctx)
+        return params[:1] + click_options(BenchStep) + params[1:]
+
+
+@cli.command("bench", cls=_BenchCommand)
 @click.argument("artifact", required=False)
-@click.option("--variants", default="all", show_default=True, help="all, or comma-separated variant names.")
-@click.option("--batch-sizes", default="1,8", show_default=True)
-@click.option("--seq-lens", default="32,128", show_default=True)
-@click.option("--threads", type=int, help="Intra-op threads [default: all cores].")
-@click.option("--providers", help="Comma-separated onnxruntime providers [default: CPU].")
-@click.option("--baseline", default="torch", show_default=True, help="torch | none.")
-@click.option("--repeats", type=int, default=5, show_default=True)
-@click.option("--warmup", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON results on stdout.")
-def bench_cmd(
-    artifact, variants, batch_sizes, seq_lens, threads, providers, baseline, repeats, warmup, as_json
-) -> None:
+@click.pass_context
+def bench_cmd(ctx, artifact, as_json, **options) -> None:
     """Measure every variant (and PyTorch) in separate processes; writes reports/bench.{json,md,png}."""
     import json
 
     from qconv.artifact import find_artifact
     from qconv.bench.runner import bench
     from qconv.console import console_on_stderr
+    from qconv.pipeline.configs import BenchStep
+    from qconv.pipeline.options import config_from_cli
 
+    config = config_from_cli(ctx, BenchStep, "bench")  # every value against the declaration, before any work
     with console_on_stderr(as_json):
-        result = bench(
-            find_artifact(artifact),
-            variants=variants,
-            batch_sizes=batch_sizes,
-            seq_lens=seq_lens,
-            threads=threads,
-            providers=providers,
-            baseline=baseline,
-            repeats=repeats,
-            warmup=warmup,
-        )
+        result = bench(find_artifact(artifact), config)
     if as_json:
         click.echo(json.dumps(result, indent=2))
 

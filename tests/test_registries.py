@@ -223,7 +223,7 @@ def test_a_registered_task_is_in_the_recipe_schema_and_the_plan(dummy_task, run_
         "model card (README.md)",
     ]
     code, out, _ = run_cli("run", "--help")
-    assert code == 0 and "export|optimize|quantize|validate|fallback|card|publish" in "".join(out.split())
+    assert code == 0 and "export|optimize|quantize|validate|fallback|bench|card|publish" in "".join(out.split())
     for recipe_text, needle in (
         (TASK_RECIPE.replace("flavour: salty", "flavor: salty"), "recipe.yaml:6: unknown key 'flavor' in export"),
         (TASK_RECIPE.replace("task: dummy", "task: dumy"), "recipe.yaml:2: task: 'dumy' is not one of"),

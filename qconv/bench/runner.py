@@ -6,6 +6,7 @@ Targets live here, as measured tables, never as timed unit tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -67,16 +68,6 @@ def _run_worker(spec: dict, label: str) -> dict:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise QconvError(f"benchmark of {label} failed in its subprocess: {last[:300]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _parse_ints(value: str | list[int], what: str) -> list[int]:
-    try:
-        items = [int(v) for v in (value.split(",") if isinstance(value, str) else value)]
-    except ValueError:
-        raise QconvError(f"--{what} takes comma-separated positive integers, got '{value}'") from None
-    if not items or any(v < 1 for v in items):
-        raise QconvError(f"--{what} takes comma-separated positive integers, got '{value}'")
-    return items
 
 
 def plan_runs(
@@ -152,41 +143,37 @@ def plan_runs(
     return runs, notes
 
 
-def bench(
-    artifact: Artifact | str | Path,
-    *,
-    variants: str | list[str] = "all",
-    batch_sizes="1,8",
-    seq_lens="32,128",
-    threads: int | None = None,
-    providers: str | list[str] | None = None,
-    baseline: str = "torch",
-    repeats: int = 5,
-    warmup: int = 1,
-    documents: int = 10,
-) -> dict:
+def bench(artifact: Artifact | str | Path, config=None, *, documents: int = 10, **given) -> dict:
+    """Measure ``artifact``'s variants as ``config`` (a ``BenchStep``: the recipe's ``bench:`` section and
+    ``qconv bench``'s options) says, or as options given by name (``batch_sizes="1,8"`` or ``[1, 8]``,
+    ``variants="all"``...), checked against the same declaration."""
+    from qconv.pipeline.configs import BenchStep
+    from qconv.pipeline.options import check_config, configure
     from qconv.runtime.embedder import resolve_providers
 
+    if config is None:
+        config = configure(BenchStep, "bench", **given)
+    elif given:
+        raise TypeError(f"bench() takes a config or options by name, not both ({', '.join(given)})")
+    else:
+        check_config(config, "bench")
     art = artifact if isinstance(artifact, Artifact) else Artifact(artifact)
-    chosen = (
-        sorted(art.variants)
-        if variants in ("all", None)
-        else ([v.strip() for v in variants.split(",")] if isinstance(variants, str) else list(variants))
-    )
+    chosen = config.named_variants() or sorted(art.variants)
     for v in chosen:
         art.variant_path(v, verify=True)
-    if baseline not in ("torch", "none"):
-        raise QconvError(f"unknown --baseline '{baseline}' (choose torch, none)")
-    if repeats < 1 or warmup < 0:
-        raise QconvError("--repeats must be >= 1 and --warmup >= 0")
-    if threads is not None and threads < 1:
-        raise QconvError(f"--threads must be positive, got {threads}")
-    shapes = [(b, s) for b in _parse_ints(batch_sizes, "batch-sizes") for s in _parse_ints(seq_lens, "seq-lens")]
-    threads = threads or os.cpu_count() or 1
-    provider_list = resolve_providers(providers)
-    config = json.loads((art.path / "config.json").read_text())
-    common = {"threads": threads, "vocab": config["vocab_size"], "shapes": shapes, "warmup": warmup, "repeats": repeats}
-    runs, notes = plan_runs(art, chosen, common, provider_list, baseline, _parse_ints(seq_lens, "seq-lens"), documents)
+    baseline, repeats, warmup, seq_lens = config.baseline, config.repeats, config.warmup, config.seq_lens
+    shapes = [(b, s) for b in config.batch_sizes for s in seq_lens]
+    threads = config.threads or os.cpu_count() or 1
+    provider_list = resolve_providers(config.providers)
+    model_config = json.loads((art.path / "config.json").read_text())
+    common = {
+        "threads": threads,
+        "vocab": model_config["vocab_size"],
+        "shapes": shapes,
+        "warmup": warmup,
+        "repeats": repeats,
+    }
+    runs, notes = plan_runs(art, chosen, common, provider_list, baseline, seq_lens, documents)
     source = art.manifest["source"]
     source_path = source.get("path") if source.get("kind") == "local" else None
     if is_random_weight_model(source_path):
@@ -202,7 +189,7 @@ def bench(
         for shape in measured["shapes"]:
             times = np.array(shape["seconds"])
             median = float(np.median(times))
-            per_token = flops_per_token(config, shape["seq"], lm_head=meta["lm_head"])
+            per_token = flops_per_token(model_config, shape["seq"], lm_head=meta["lm_head"])
             rows.append(
                 {
                     "runtime": label,
@@ -254,6 +241,7 @@ def bench(
             "created": result["created"],
             "threads": threads,
             "notes": notes,
+            "options": dataclasses.asdict(config),
         }
         art.add_stage({"stage": "bench", "runtimes": [label for label, _, _ in runs], "shapes": shapes})
     console.print(render_markdown(result))

@@ -1,4 +1,4 @@
-"""The typed configs of the recipe's stage sections (optimize, validate, fallback, publish).
+"""The typed configs of the recipe's stage sections (optimize, validate, fallback, bench, publish).
 
 Each stage of ``qconv.pipeline.stages`` names its config here; the recipe schema (``qconv.pipeline.recipe``)
 reads the same dataclasses. The export config is the task's (``Task.export_config``), the quantize config the
@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
+
+from qconv.pipeline.options import option
 
 
 def key(name: str) -> dict:
@@ -61,6 +63,42 @@ class FallbackStep:
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"], metadata={"providers": "known"}
     )
     variants: list[str] | None = None  # default: every variant the recipe produces
+
+
+@dataclass
+class BenchStep:
+    """``qconv bench`` and the recipe's ``bench:`` section (absent: no bench step): one declaration each option."""
+
+    variants: list[str] | None = field(
+        default=None,
+        metadata=option(
+            "Variants to measure, comma-separated [default: all; in a recipe: every variant it makes].", split=","
+        ),
+    )
+    batch_sizes: list[int] = field(
+        default_factory=lambda: [1, 8], metadata=option("Batch sizes, comma-separated.", range=(1, None), split=",")
+    )
+    seq_lens: list[int] = field(
+        default_factory=lambda: [32, 128],
+        metadata=option("Sequence lengths (tokens), comma-separated.", range=(1, None), split=","),
+    )
+    threads: int | None = field(default=None, metadata=option("Intra-op threads [default: all cores].", **at_least(1)))
+    providers: list[str] | None = field(
+        default=None,
+        metadata={
+            **option("Onnxruntime execution providers, comma-separated [default: CPU].", split=","),
+            "providers": "available",
+        },
+    )
+    baseline: Literal["torch", "none"] = field(
+        default="torch", metadata=option("torch: also measure the PyTorch source model; none: ONNX variants only.")
+    )
+    repeats: int = field(default=5, metadata=option("Timed repetitions per shape.", **at_least(1)))
+    warmup: int = field(default=1, metadata=option("Untimed warm-up runs per shape.", **at_least(0)))
+
+    def named_variants(self) -> list[str] | None:
+        """The variants asked for by name; None: all of them (not given, or 'all')."""
+        return None if not self.variants or self.variants == ["all"] else list(self.variants)
 
 
 @dataclass

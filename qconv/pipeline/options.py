@@ -7,10 +7,12 @@ writes a flag, a check or a command line of its own.
 
 Field metadata (``option(...)``): ``help``; ``key``, the recipe key when it is not the field name (``from``);
 ``flag``, the CLI flag when it is not ``--<key>`` (for a bool whose default is True, the flag that turns it
-off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None); ``file`` (a file path); ``implied``,
-the value a default of None stands for (an opset of None is the exporter's 18: shown as the default, and a
-stored 18 is not repeated on a command line); ``always``, a flag a command line always spells out even at its
-default (``--seq-cls``: a reader should not need to know the default).
+off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None; a list's items are checked);
+``file`` (a file path); ``split`` (a list option: each CLI value, or a string given through the Python API, is
+split on this separator, so ``--batch-sizes 1,8`` and ``--batch-sizes 1 --batch-sizes 8`` give the same list);
+``implied``, the value a default of None stands for (an opset of None is the exporter's 18: shown as the
+default, and a stored 18 is not repeated on a command line); ``always``, a flag a command line always spells
+out even at its default (``--seq-cls``: a reader should not need to know the default).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def option(
     choices: tuple | list | None = None,
     range: tuple[float, float | None] | None = None,
     file: bool = False,
+    split: str | None = None,
     implied: Any = None,
     always: bool = False,
 ) -> dict:
@@ -44,6 +47,8 @@ def option(
         meta["range"] = range
     if file:
         meta["file"] = True
+    if split:
+        meta["split"] = split
     if implied is not None:
         meta["implied"] = implied
     if always:
@@ -101,11 +106,16 @@ def _or(values) -> str:
 
 
 def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
-    """Why ``value`` is not allowed for the option (CLI wording: ``--flag VALUE ...``), None when it is."""
+    """Why ``value`` is not allowed for the option (CLI wording: ``--flag VALUE ...``), None when it is; a
+    list's items are checked one by one."""
     if value is None:
         return None
     flag = flag_of(f)
     kind, detail = shape_of(tp)
+    if kind == "list":
+        if f.metadata.get("split") and not value:
+            return f"{flag} needs at least one value"
+        return next((p for p in (check_value(f, detail, item, what) for item in value) if p), None)
     if kind == "literal" and value not in detail:
         return f"unknown {flag} '{value}' (choose {', '.join(map(str, detail))})"
     choices = f.metadata.get("choices")
@@ -116,18 +126,6 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
         bound = f"{low} to {high}" if high is not None else f"at least {low}"
         return f"{flag} {value} is not supported for {what} ({bound})"
     return None
-
-
-def check_config(config, what: str) -> None:
-    """Every value of ``config`` against its declaration (allowed values, range), in the CLI's words: the
-    first problem is a QconvError (one line, exit 2)."""
-    from qconv.errors import QconvError
-
-    hints = typing.get_type_hints(type(config))
-    for f in public_fields(config):
-        problem = check_value(f, hints[f.name], getattr(config, f.name), what)
-        if problem:
-            raise QconvError(problem)
 
 
 def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
@@ -147,12 +145,67 @@ def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
                 argv.append(flag)  # an 'off' flag (--per-tensor) is given exactly when the value is False
             else:
                 argv.append(flag if value else "--no-" + flag[2:])
+        elif kind == "list" and f.metadata.get("split"):
+            argv += [flag, f.metadata["split"].join(map(str, value))]
         elif kind == "list":
             for item in value:
                 argv += [flag, str(item)]
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def check_config(config, what: str) -> None:
+    """Every value of ``config`` against its declaration (allowed values, ranges), in the CLI's words."""
+    from qconv.errors import QconvError
+
+    hints = typing.get_type_hints(type(config))
+    for f in public_fields(config):
+        problem = check_value(f, hints[f.name], getattr(config, f.name), what)
+        if problem:
+            raise QconvError(problem)
+
+
+_NUMBERS = {int: "integers", float: "numbers"}
+
+
+def _typed(f: dataclasses.Field, tp, value):
+    """A given value as the declared type: a ``split`` list's strings split and each item converted."""
+    from qconv.errors import QconvError
+
+    kind, detail = shape_of(tp)
+    separator = f.metadata.get("split")
+    if kind != "list":
+        return value
+    items = [value] if isinstance(value, str) else list(value)
+    if separator:
+        items = [p.strip() for item in items for p in (item.split(separator) if isinstance(item, str) else [item])]
+        items = [p for p in items if p != ""]
+    if detail in (int, float):
+        try:
+            items = [detail(p) if isinstance(p, str) else p for p in items]
+        except ValueError:
+            shown = (separator or " ").join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            how = f" separated by '{separator}'" if separator else ""
+            raise QconvError(f"{flag_of(f)} takes {_NUMBERS[detail]}{how}, got '{shown}'") from None
+    return items
+
+
+def configure(tp, what: str, **given):
+    """An instance of ``tp`` from options given by field name (CLI, Python API), checked against the
+    declaration; None means 'not given' (the dataclass has the defaults)."""
+    hints = typing.get_type_hints(tp)
+    fields = {f.name: f for f in public_fields(tp)}
+    values = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in fields:
+            raise TypeError(f"{what} has no option '{name}' (options: {', '.join(fields)})")
+        values[name] = _typed(fields[name], hints[name], value)
+    config = tp(**values)
+    check_config(config, what)
+    return config
 
 
 def from_data(tp, data: dict, **fixed):
@@ -173,6 +226,7 @@ class Declared:
 
     field: dataclasses.Field
     kind: str
+    item: Any = None  # a list's item type, a literal's values
     owners: list[tuple[str, Any]] = dataclasses.field(default_factory=list)  # (owner name, its default)
     helps: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # help text -> owners
 
@@ -185,20 +239,24 @@ def collect(configs: dict[str, type], skip: tuple[str, ...] = ()) -> dict[str, D
         for f in public_fields(tp):
             if f.name in skip:
                 continue
-            kind, _ = shape_of(hints[f.name])
-            entry = declared.setdefault(f.name, Declared(f, kind))
+            kind, detail = shape_of(hints[f.name])
+            entry = declared.setdefault(f.name, Declared(f, kind, detail if kind in ("list", "literal") else None))
             if entry.kind != kind or flag_of(entry.field) != flag_of(f):
                 raise TypeError(f"option '{f.name}' of {owner} clashes with the same option of another owner")
+            if kind == "literal":  # owners may allow different values: the flag shows them all
+                entry.item = tuple(dict.fromkeys((*entry.item, *detail)))
             entry.owners.append((owner, effective_default(f)))
             entry.helps.setdefault(f.metadata.get("help", ""), []).append(owner)
     return declared
 
 
-def _shown_default(value) -> str | None:
+def _shown_default(value, separator: str | None = None) -> str | None:
     if value is None or value == [] or value is dataclasses.MISSING:
         return None
     if isinstance(value, bool):
         return "on" if value else "off"
+    if separator and isinstance(value, list):
+        return separator.join(map(str, value))
     return str(value)
 
 
@@ -211,7 +269,7 @@ def help_of(entry: Declared, everyone: int) -> str:
     text = " ".join(parts) if len(parts) == 1 else "; ".join(p.rstrip(".") for p in parts) + "."
     defaults = {}
     for owner, default in entry.owners:
-        defaults.setdefault(_shown_default(default), []).append(owner)
+        defaults.setdefault(_shown_default(default, entry.field.metadata.get("split")), []).append(owner)
     if entry.kind == "bool" and entry.field.metadata.get("flag"):
         return text  # an 'off' flag: the default is its absence
     if len(defaults) == 1:
@@ -235,12 +293,27 @@ def click_option(entry: Declared, everyone: int):
             )
         return click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text)
     if kind == "list":
-        return click.Option([flag, f.name], multiple=True, help=help_text)
+        separator = f.metadata.get("split")
+        item = {int: "INTEGER", float: "FLOAT"}.get(entry.item, "TEXT")
+        metavar = f"{item}{separator}..." if separator else None
+        return click.Option([flag, f.name], multiple=True, metavar=metavar, help=help_text)
     if f.metadata.get("file"):
         kind_type = click.Path(dir_okay=False)
     else:
         kind_type = {"int": int, "float": float}.get(kind, str)
-    return click.Option([flag, f.name], type=kind_type, default=None, help=help_text)
+    # A literal's values are checked from the declaration (check_value), in one line: shown, not click's Choice.
+    metavar = f"[{'|'.join(map(str, entry.item))}]" if kind == "literal" else None
+    return click.Option([flag, f.name], type=kind_type, default=None, metavar=metavar, help=help_text)
+
+
+def click_options(tp) -> list:
+    """The click options of one config dataclass (a command with a single declaration, e.g. ``qconv bench``)."""
+    return [click_option(entry, everyone=1) for entry in collect({tp.__name__: tp}).values()]
+
+
+def config_from_cli(ctx, tp, what: str):
+    """``tp`` from the options given on the command line, checked against its declaration (QconvError)."""
+    return configure(tp, what, **given_values(ctx, [f.name for f in public_fields(tp)]))
 
 
 def given_values(ctx, names) -> dict:

@@ -17,11 +17,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qconv.errors import QconvError
-from qconv.pipeline.configs import FallbackStep, OptimizeStage, PublishTarget, Thresholds, ValidateStep, at_least
+from qconv.pipeline.configs import (
+    BenchStep,
+    FallbackStep,
+    OptimizeStage,
+    PublishTarget,
+    Thresholds,
+    ValidateStep,
+    at_least,
+)
 from qconv.tasks import TASKS, get_task
 
 # The stage configs are declared in qconv.pipeline.configs; these names are the schema's public face.
-__all__ = ["FallbackStep", "OptimizeStage", "PublishTarget", "Recipe", "Thresholds", "ValidateStep", "load_recipe"]
+__all__ = [
+    "BenchStep",
+    "FallbackStep",     "OptimizeStage",
+    "PublishTarget",
+    "Recipe",
+    "Thresholds",
+    "ValidateStep",
+    "load_recipe",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -81,6 +97,7 @@ class Recipe:
     stages: list[Any] = field(default_factory=list)  # OptimizeStage, or the quantize mode's config
     validate: list[ValidateStep] = field(default_factory=list)
     fallback: FallbackStep | None = None
+    bench: BenchStep | None = None  # host-specific timings: no shipped recipe has one
     card: bool = True
     publish: PublishTarget | None = None
     path: Path | None = field(default=None, metadata={"internal": True})
@@ -167,16 +184,20 @@ class _Reader:
             yield key_node.value, key_node, value_node
 
     def _check_value(self, node, f, value, where: str) -> None:
-        """The load-time checks a field declares in its metadata (ranges, choices, provider names)."""
+        """The load-time checks a field declares in its metadata (ranges, choices, provider names); a list's
+        ranges and choices apply to each item, at its own line."""
+        import yaml
+
         if value is None:
             return
-        low, high = f.metadata.get("range", (None, None))
-        if low is not None and (value < low or (high is not None and value > high)):
-            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise self.error(node, f"{where}: must be {bound}, got {value}")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise self.error(node, f"{where}: {value} is not one of {', '.join(map(str, choices))}")
+        if isinstance(value, list):
+            if f.metadata.get("split") and not value:
+                raise self.error(node, f"{where}: needs at least one value")
+            items = node.value if isinstance(node, yaml.SequenceNode) else [node] * len(value)
+            for i, (item_node, item) in enumerate(zip(items, value)):
+                self._check_bounds(item_node, f, item, f"{where}[{i}]")
+        else:
+            self._check_bounds(node, f, value, where)
         providers = f.metadata.get("providers")
         if providers:
             from qconv.kernels import KNOWN_PROVIDERS
@@ -187,6 +208,15 @@ class _Reader:
             if unknown:
                 what = "available in this onnxruntime" if providers == "available" else "known to qconv"
                 raise self.error(node, f"{where}: provider(s) {', '.join(unknown)} not {what} ({', '.join(allowed)})")
+
+    def _check_bounds(self, node, f, value, where: str) -> None:
+        low, high = f.metadata.get("range", (None, None))
+        if low is not None and (value < low or (high is not None and value > high)):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise self.error(node, f"{where}: must be {bound}, got {value}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise self.error(node, f"{where}: {value} is not one of {', '.join(map(str, choices))}")
 
     @staticmethod
     def _child(node, key: str):

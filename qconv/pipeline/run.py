@@ -105,7 +105,8 @@ def _dry_run(ctx: Context, steps: list[Stage]) -> list[dict]:
     rebuilt: set[str] = set()  # variants an earlier step will (re)write: what reads them runs after it
     runs = False
     for step in steps:
-        waits = "model" in rebuilt or step.reads in rebuilt or (step.after_all and runs)
+        reads_rebuilt = any(variant in rebuilt for variant in step.reads_variants)
+        waits = "model" in rebuilt or reads_rebuilt or (step.after_all and runs)
         if not _selected(step, ctx.options):
             status = "not selected" + (f" (pass --{step.opt_in})" if step.opt_in else "")
         elif waits:

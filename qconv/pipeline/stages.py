@@ -1,5 +1,5 @@
 """The pipeline's stages: one registered class per stage kind (export, optimize, quantize, validate, fallback,
-card, publish), each with its typed config, ``run``, its fingerprint, when it is done and its manifest record.
+bench, card, publish), each with its typed config, ``run``, its fingerprint, when it is done and its manifest record.
 
 ``qconv run`` (``qconv.pipeline.run``) knows no stage by name: its plan asks every registered stage for the
 steps its recipe section makes, its ``--only`` choices are the registered kinds, and the recipe's ``stages:``
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from qconv.errors import QconvError
-from qconv.pipeline.configs import FallbackStep, OptimizeStage, PublishTarget, ValidateStep
+from qconv.pipeline.configs import BenchStep, FallbackStep, OptimizeStage, PublishTarget, ValidateStep
 from qconv.pipeline.context import (
     Context,
     RunOptions,
@@ -67,6 +67,11 @@ class Stage:
     def reads(self) -> str | None:
         """The variant it reads (what it waits for when an earlier step rewrites it)."""
         return self.variant
+
+    @property
+    def reads_variants(self) -> tuple[str, ...]:
+        """Every variant it reads (a step measuring several waits for each of them)."""
+        return (self.reads,) if self.reads else ()
 
     @property
     def writes(self) -> str | None:
@@ -380,6 +385,67 @@ class FallbackStage(Stage):
         from qconv.validate.placement import fallback_report
 
         fallback_report(ctx.art, variants=[self.variant], providers=self.settings.providers)
+
+
+def host_identity(threads: int | None) -> dict:
+    """What bench timings depend on besides the graphs: the CPU (model and ISA preset) and the thread count."""
+    import os
+
+    from qconv.bench.runner import cpu_description
+    from qconv.convert.quantize import detect_preset
+
+    return {"cpu": cpu_description(), "preset": detect_preset(), "threads": threads or os.cpu_count() or 1}
+
+
+@register_stage
+@dataclass
+class BenchStage(Stage):
+    """One bench run over the variants it measures (every variant the recipe makes unless it names some)."""
+
+    kind: ClassVar[str] = "bench"
+    config: ClassVar[type] = BenchStep
+    section: ClassVar[str] = "bench"
+
+    measured: list[str] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def plan(cls, recipe, options, variants):
+        if not recipe.bench:
+            return []
+        named = recipe.bench.named_variants()
+        for variant in named or ():
+            _check_variant(recipe, variant, variants, "bench.variants", listed=True)
+        return [cls(settings=recipe.bench, measured=list(named or variants))]
+
+    @property
+    def id(self) -> str:
+        return "bench"
+
+    @property
+    def reads_variants(self) -> tuple[str, ...]:
+        return tuple(self.measured)
+
+    def describe(self) -> str:
+        s = self.settings
+        shapes = f"batch {','.join(map(str, s.batch_sizes))} x seq {','.join(map(str, s.seq_lens))}"
+        baseline = ", PyTorch baseline" if s.baseline == "torch" else ""
+        return f"bench {', '.join(self.measured)} ({shapes}{baseline})"
+
+    def fingerprint(self, ctx: Context) -> str | None:
+        builds = {variant: ctx.variant_build(variant) for variant in self.measured}
+        if not all(builds.values()):
+            return None
+        # Timings are the host's: another CPU or thread count measures again.
+        options = {k: v for k, v in recipe_to_dict(self.settings).items() if k != "variants"}
+        return digest({"inputs": builds, "options": options, "host": host_identity(self.settings.threads)})
+
+    def done(self, ctx: Context, fingerprint: str) -> bool:
+        return ctx.fingerprints().get(self.id) == fingerprint and ctx.reports_intact("reports/bench.json")
+
+    def run(self, ctx: Context) -> None:
+        from qconv.bench.runner import bench
+
+        bench(ctx.art, dataclasses.replace(self.settings, variants=list(self.measured)))
 
 
 @register_stage

@@ -155,7 +155,8 @@ def create_qwen3_embedding(
 
 def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: int = 0, outliers: bool = False) -> Path:
     """Write a random Qwen3ForCausalLM checkpoint shaped like Qwen3-Reranker (tied LM head, real vocabulary,
-    left padding, no <|endoftext|> appended)."""
+    left padding, no <|endoftext|> appended). ``outliers``: the planted activation outliers and a score head
+    that spreads one query's candidates like a trained reranker (qconv.testing.score_head)."""
     import torch
     from transformers import Qwen3ForCausalLM
 
@@ -164,7 +165,18 @@ def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: in
     write_qwen3_tokenizer(out, append_eos=False, padding_side="left")
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(_qwen3_config(shape, "Qwen3ForCausalLM")).eval()
-    planted = _plant(model.model, out, seed) if outliers else None
+    planted = None
+    if outliers:
+        from tokenizers import Tokenizer
+
+        from qconv.testing.score_head import plant_score_head
+
+        planted = _plant(model.model, out, seed)
+        # With the outliers, also a trained reranker's score spread: a random head leaves candidates tied.
+        vocab = Tokenizer.from_file(str(out / "tokenizer.json"))
+        ids = {"yes_id": vocab.token_to_id("yes"), "no_id": vocab.token_to_id("no")}
+        planted["score_head"] = plant_score_head(model, out / "tokenizer.json", seed=seed, **ids)
+        (out / "qconv_outliers.json").write_text(json.dumps(planted, indent=2), encoding="utf-8")
     model.save_pretrained(out, safe_serialization=True)
     _write_readme(out, "reranker", seed, planted)
     return out
