@@ -7,7 +7,12 @@ writes a flag, a check or a command line of its own.
 
 Field metadata (``option(...)``): ``help``; ``key``, the recipe key when it is not the field name (``from``);
 ``flag``, the CLI flag when it is not ``--<key>`` (for a bool whose default is True, the flag that turns it
-off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None); ``file`` (a file path).
+off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None); ``file`` (a file path); ``comma``
+(a list option whose CLI value may also be comma-separated, ``--providers A,B``, and is printed so); ``noun``,
+what an unknown value is called in messages when not its flag (``unknown optimization level 'O7'``).
+
+A command's configuration options (``qconv optimize``, ``fallback``, ``publish``) come from one dataclass:
+``declared_params`` makes its click options, ``from_cli`` the checked config from what was given.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ def option(
     choices: tuple | list | None = None,
     range: tuple[float, float | None] | None = None,
     file: bool = False,
+    comma: bool = False,
+    noun: str | None = None,
 ) -> dict:
     """The metadata of one declared option (see the module docstring)."""
     meta: dict[str, Any] = {"help": help}
@@ -39,6 +46,10 @@ def option(
         meta["range"] = range
     if file:
         meta["file"] = True
+    if comma:
+        meta["comma"] = True
+    if noun:
+        meta["noun"] = noun
     return meta
 
 
@@ -92,7 +103,7 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
     flag = flag_of(f)
     kind, detail = shape_of(tp)
     if kind == "literal" and value not in detail:
-        return f"unknown {flag} '{value}' (choose {', '.join(map(str, detail))})"
+        return f"unknown {f.metadata.get('noun') or flag} '{value}' (choose {', '.join(map(str, detail))})"
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         return f"{flag} {value} is not supported for {what} ({_or(choices)})"
@@ -103,15 +114,16 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
     return None
 
 
-def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
-    """The CLI arguments that give ``config``: every option whose value differs from its declared default."""
+def to_argv(config, skip: tuple[str, ...] = (), always: tuple[str, ...] = ()) -> list[str]:
+    """The CLI arguments that give ``config``: every option whose value differs from its declared default (and
+    those named in ``always``, whatever their value)."""
     hints = typing.get_type_hints(type(config))
     argv: list[str] = []
     for f in public_fields(config):
         if f.name in skip:
             continue
         value, default = getattr(config, f.name), default_of(f)
-        if value == default or value is None:
+        if value is None or (value == default and f.name not in always):
             continue
         kind, _ = shape_of(hints[f.name])
         flag = flag_of(f)
@@ -120,12 +132,37 @@ def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
                 argv.append(flag)  # an 'off' flag (--per-tensor) is given exactly when the value is False
             else:
                 argv.append(flag if value else "--no-" + flag[2:])
+        elif kind == "list" and f.metadata.get("comma"):
+            argv += [flag, ",".join(map(str, value))]
         elif kind == "list":
             for item in value:
                 argv += [flag, str(item)]
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def checked(tp, values: dict, what: str):
+    """An instance of ``tp`` from values given by field name (the CLI's), each checked against its declaration:
+    a Literal's value in any case is its declared spelling (``--level o2``); a bad value or a missing required
+    option is a ``QconvError`` naming the flag."""
+    from qconv.errors import QconvError
+
+    hints = typing.get_type_hints(tp)
+    fields = {f.name: f for f in public_fields(tp)}
+    values = dict(values)
+    for name, value in values.items():
+        kind, detail = shape_of(hints[name])
+        if kind == "literal" and isinstance(value, str) and value not in detail:
+            same = [d for d in detail if isinstance(d, str) and d.lower() == value.lower()]
+            values[name] = same[0] if len(same) == 1 else value
+        problem = check_value(fields[name], hints[name], values[name], what)
+        if problem:
+            raise QconvError(problem)
+    missing = [flag_of(f) for f in fields.values() if default_of(f) is dataclasses.MISSING and f.name not in values]
+    if missing:
+        raise QconvError(f"missing option {', '.join(missing)}")
+    return tp(**values)
 
 
 def from_data(tp, data: dict, **fixed):
@@ -172,6 +209,8 @@ def _shown_default(value) -> str | None:
         return None
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
     return str(value)
 
 
@@ -194,12 +233,19 @@ def help_of(entry: Declared, everyone: int) -> str:
     return f"{text} [default: {'; '.join(groups)}]" if groups else text
 
 
-def click_option(entry: Declared, everyone: int):
-    """A ``click.Option`` for a declared option; its default is None ('not given'): the config has the defaults."""
+def _split_commas(ctx, param, value):
+    return tuple(item.strip() for given in value or () for item in given.split(",") if item.strip())
+
+
+def click_option(entry: Declared, everyone: int, required: bool = False):
+    """A ``click.Option`` for a declared option; its default is None ('not given'): the config has the defaults.
+    A list option is repeatable; with ``comma`` metadata each value may also be a comma-separated list."""
     import click
 
     f, kind = entry.field, entry.kind
     flag, help_text = flag_of(f), help_of(entry, everyone)
+    if required:
+        return click.Option([flag, f.name], required=True, help=help_text)
     if kind == "bool":
         if entry.field.metadata.get("flag"):
             # given: the declared default's opposite (--per-tensor gives per_channel=False)
@@ -208,7 +254,8 @@ def click_option(entry: Declared, everyone: int):
             )
         return click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text)
     if kind == "list":
-        return click.Option([flag, f.name], multiple=True, help=help_text)
+        callback = _split_commas if f.metadata.get("comma") else None
+        return click.Option([flag, f.name], multiple=True, callback=callback, help=help_text)
     if f.metadata.get("file"):
         kind_type = click.Path(dir_okay=False)
     else:
@@ -227,3 +274,19 @@ def given_values(ctx, names) -> dict:
         value = ctx.params.get(name)
         given[name] = list(value) if isinstance(value, tuple) else value
     return given
+
+
+def declared_params(tp, skip: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> list:
+    """The click options of one command's config ``tp``, in declaration order; a field without a default is a
+    required option unless named in ``optional`` (``--repo-id``, which ``publish --to`` does without)."""
+    declared = collect({tp.__name__: tp}, skip=skip)
+    return [
+        click_option(entry, everyone=1, required=entry.owners[0][1] is dataclasses.MISSING and name not in optional)
+        for name, entry in declared.items()
+    ]
+
+
+def from_cli(tp, ctx, what: str, **fixed):
+    """The checked config ``tp`` from the options given on the command line (the others: its defaults)."""
+    given = given_values(ctx, [f.name for f in public_fields(tp)])
+    return checked(tp, {**given, **fixed}, what)
