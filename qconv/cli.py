@@ -79,28 +79,54 @@ def quantize(ctx, artifact, datasets, limit, bootstrap, overwrite, **mode_option
         raise GateFailed(f"validation failed for {variant}: {' | '.join(failed)}")
 
 
-@cli.command()
+class _DeclaredCommand(click.Command):
+    """A command whose configuration options are generated from a dataclass of ``qconv.pipeline.configs``
+    (``config``, looked up by name each time the command is parsed or its help shown: a field added to it is a
+    flag, with its help, default and checks, without an edit here). Its own switches are plain click options."""
+
+    def __init__(self, *args, config: str, optional: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config_name, self.optional = config, optional
+
+    def config(self) -> type:
+        from qconv.pipeline import configs
+
+        return getattr(configs, self.config_name)
+
+    def get_params(self, ctx):
+        from qconv.pipeline.options import click_options
+
+        params = super().get_params(ctx)
+        return params[:1] + click_options(self.config(), optional=self.optional) + params[1:]
+
+    def config_from(self, ctx, what: str):
+        from qconv.pipeline.options import config_from_cli
+
+        return config_from_cli(ctx, self.config(), what)
+
+
+@cli.command(cls=_DeclaredCommand, config="OptimizeStage")
 @click.argument("artifact", required=False)
-@click.option("--level", required=True, help="O1 | O2 | O3 | O4 (O4 = O3 + fp16, needs --target cuda).")
-@click.option("--target", default="cpu", show_default=True, help="cpu | cuda: the device the graph is built for.")
-@click.option("--from", "source_variant", default="model", show_default=True, help="fp32 variant to optimize.")
+# A behaviour switch, not configuration: plain.
 @click.option("--overwrite", is_flag=True, help="Replace an existing variant of the same level.")
-def optimize(artifact, level, target, source_variant, overwrite) -> None:
+@click.pass_context
+def optimize(ctx, artifact, overwrite, **declared) -> None:
     """Fuse the graph (O1-O4) into onnx/model_<level>.onnx; record passes and op counts in the manifest."""
     from qconv.artifact import find_artifact
     from qconv.convert.optimize import optimize as run_optimize
 
-    run_optimize(find_artifact(artifact), level, target=target, source_variant=source_variant, overwrite=overwrite)
+    config = ctx.command.config_from(ctx, "optimize")  # checked before the artifact is opened
+    art = find_artifact(artifact)
+    run_optimize(art, config.level, target=config.target, source_variant=config.source, overwrite=overwrite)
 
 
-@cli.command()
+@cli.command(cls=_DeclaredCommand, config="FallbackCommand")
 @click.argument("artifact", required=False)
-@click.option("--variant", multiple=True, help="Variant(s) to analyse [default: model].")
+# Output and behaviour switches, not configuration (the record holds the variants they chose): plain.
 @click.option("--all-variants", is_flag=True, help="Analyse every variant in the manifest.")
-@click.option("--providers", help="Comma-separated providers [default: CUDAExecutionProvider,CPUExecutionProvider].")
-@click.option("--runtime", is_flag=True, help="Also profile a session on each provider available here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report(s) on stdout.")
-def fallback(artifact, variant, all_variants, providers, runtime, as_json) -> None:
+@click.pass_context
+def fallback(ctx, artifact, all_variants, as_json, **declared) -> None:
     """Which nodes each execution provider runs and which fall back to the CPU (static; --runtime measures)."""
     import json
 
@@ -109,28 +135,17 @@ def fallback(artifact, variant, all_variants, providers, runtime, as_json) -> No
     from qconv.validate.placement import fallback_report
 
     with console_on_stderr(as_json):
+        config = ctx.command.config_from(ctx, "fallback")
         art = find_artifact(artifact)
-        if all_variants and variant:
+        if all_variants and config.variants:
             raise QconvError("pass --variant or --all-variants, not both")
-        chosen = sorted(art.variants) if all_variants else list(variant) or None
-        results = fallback_report(art, variants=chosen, providers=providers, runtime=runtime)
+        chosen = sorted(art.variants) if all_variants else config.variants or None
+        results = fallback_report(art, variants=chosen, providers=config.providers, runtime=config.runtime)
     if as_json:
         click.echo(json.dumps(results, indent=2))
 
 
-class _BenchCommand(click.Command):
-    """``qconv bench``: its options are generated from the bench stage's config (``BenchStep``) when the
-    command is parsed or its help shown (not at import)."""
-
-    def get_params(self, ctx):
-        from qconv.pipeline.configs import BenchStep
-        from qconv.pipeline.options import click_options
-
-        params = super().get_params(ctx)
-        return params[:1] + click_options(BenchStep) + params[1:]
-
-
-@cli.command("bench", cls=_BenchCommand)
+@cli.command("bench", cls=_DeclaredCommand, config="BenchStep")
 @click.argument("artifact", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON results on stdout.")
 @click.pass_context
@@ -141,10 +156,7 @@ def bench_cmd(ctx, artifact, as_json, **options) -> None:
     from qconv.artifact import find_artifact
     from qconv.bench.runner import bench
     from qconv.console import console_on_stderr
-    from qconv.pipeline.configs import BenchStep
-    from qconv.pipeline.options import config_from_cli
-
-    config = config_from_cli(ctx, BenchStep, "bench")  # every value against the declaration, before any work
+    config = ctx.command.config_from(ctx, "bench")  # every value against the declaration, before any work
     with console_on_stderr(as_json):
         result = bench(find_artifact(artifact), config)
     if as_json:
@@ -165,31 +177,38 @@ def card_cmd(artifact, repo_id, base_model) -> None:
     console.print(f"[green]model card[/] {path}")
 
 
-@cli.command("publish")
+@cli.command("publish", cls=_DeclaredCommand, config="PublishTarget", optional=("repo_id",))
 @click.argument("artifact", required=False)
-@click.option("--repo-id", help="Upload to this Hub model repository (ORG/NAME); the token comes from HF_TOKEN.")
+# Where to and how: behaviour switches of this command, not the recipe's publish target: plain.
 @click.option("--to", "to", type=click.Path(), help="Write a clean publishable copy here instead (DIR or .tar.gz).")
-@click.option("--revision", help="--repo-id: upload to this branch (created if needed).")
-@click.option("--private", is_flag=True, help="--repo-id: create the repository private.")
 @click.option("--dry-run", is_flag=True, help="List exactly what would be published, with sizes; upload nothing.")
 @click.option("--force", is_flag=True, help="Publish even if a variant failed validation or has none.")
 @click.option("--archive", is_flag=True, help="--to: write a .tar.gz archive.")
 @click.option("--overwrite", is_flag=True, help="--to: replace an existing directory or archive.")
-def publish_cmd(artifact, repo_id, to, revision, private, dry_run, force, archive, overwrite) -> None:
+@click.pass_context
+def publish_cmd(ctx, artifact, to, dry_run, force, archive, overwrite, **declared) -> None:
     """Upload an artifact to the Hugging Face Hub, or write a clean publishable copy (--to)."""
+    from dataclasses import fields
+
     from qconv.artifact import find_artifact
     from qconv.hub.publish import publish_to_dir, publish_to_hub
+    from qconv.pipeline.options import flag_of, given_values
 
+    config_type = ctx.command.config()
+    given = given_values(ctx, [f.name for f in fields(config_type)])
+    repo_id = given.get("repo_id")
     if bool(repo_id) == bool(to):
         raise QconvError("pass --repo-id ORG/NAME (upload to the Hub) or --to DIR (a local copy), not both")
-    hub_only = [flag for flag, given in (("--revision", revision), ("--private", private)) if given]
-    dir_only = [flag for flag, given in (("--archive", archive), ("--overwrite", overwrite)) if given]
+    hub_only = [flag_of(f) for f in fields(config_type) if f.name != "repo_id" and given.get(f.name)]
+    dir_only = [flag for flag, on in (("--archive", archive), ("--overwrite", overwrite)) if on]
     for flags, needed in ((hub_only, "--repo-id"), (dir_only, "--to")):
         if flags and not (repo_id if needed == "--repo-id" else to):
             raise QconvError(f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only with {needed}")
+    target = ctx.command.config_from(ctx, "publish") if repo_id else None  # every value checked before any work
     art = find_artifact(artifact)
-    if repo_id:
-        publish_to_hub(art, repo_id, revision=revision, private=private, dry_run=dry_run, force=force)
+    if target is not None:
+        options = dict(revision=target.revision, private=target.private, dry_run=dry_run, force=force)
+        publish_to_hub(art, target.repo_id, **options)
     else:
         publish_to_dir(art, to, force=force, archive=archive, overwrite=overwrite, dry_run=dry_run)
 

@@ -53,15 +53,20 @@ def _export_command(data: _CardData, out: str) -> list[str]:
 
 def _build_command(art: Artifact, variant: str, out: str) -> str:
     """The command that made a (non-base) variant, from its manifest entry."""
+    from qconv.pipeline.options import to_argv
+
     entry = art.variants[variant]
-    source = f" --from {_q(entry['from'])}" if entry.get("from", BASE_VARIANT) != BASE_VARIANT else ""
     if entry.get("stage") == "optimize" and entry.get("level"):
-        target = f" --target {_q(entry['target'])}" if entry.get("target", "cpu") != "cpu" else ""
-        return f"qconv optimize {out} --level {_q(entry['level'])}{target}{source}"
+        # The entry records the optimize config's keys (level, target, from): the config back, printed by the
+        # mapping the command's options are generated from.
+        from qconv.pipeline.configs import OptimizeStage
+        from qconv.pipeline.options import from_data
+
+        config = from_data(OptimizeStage, entry)
+        return " ".join([f"qconv optimize {out}"] + [_q(a) for a in to_argv(config)])
     if entry.get("stage") != "quantize":
         return f"# {variant}: made by the '{entry.get('stage')}' stage (see variants.{variant} in qconv.json)"
     from qconv.convert.quantize import config_of_record
-    from qconv.pipeline.options import to_argv
 
     # The stored config, printed by the mapping the CLI's options are generated from.
     config = config_of_record(entry)
@@ -70,6 +75,16 @@ def _build_command(art: Artifact, variant: str, out: str) -> str:
     return " ".join(
         [f"qconv quantize {out} --mode {_q(config.mode)}"] + [_q(a) for a in to_argv(config, skip=("mode",))]
     )
+
+
+def _fallback_command(stage: dict, out: str) -> str:
+    """The ``qconv fallback`` line of a fallback stage entry (it records the command's config: variants,
+    providers, runtime); the providers are always printed (declared ``always``: the default could change)."""
+    from qconv.pipeline.configs import FallbackCommand
+    from qconv.pipeline.options import from_data, to_argv
+
+    config = from_data(FallbackCommand, {k: v for k, v in stage.items() if v is not None})
+    return " ".join([f"qconv fallback {out}"] + [_q(a) for a in to_argv(config)])
 
 
 def _validate_command(data: _CardData, summary: dict, out: str) -> str:
@@ -145,14 +160,8 @@ def reproduce_commands(art: Artifact, data: _CardData | None = None) -> list[str
         if variant != BASE_VARIANT:
             lines.append(_build_command(art, variant, out))
     lines += [_validate_command(data, s, out) for s in data.summaries()]
-    fallback_runs = []
-    for stage in data.manifest.get("stages", []):
-        if stage.get("stage") == "fallback":
-            args = [f"qconv fallback {out}"] + [f"--variant {_q(v)}" for v in stage.get("variants") or []]
-            args.append(f"--providers {_q(','.join(stage.get('providers') or []))}")
-            args += ["--runtime"] if stage.get("runtime") else []
-            fallback_runs.append(" ".join(args))
-    lines += list(dict.fromkeys(fallback_runs))
+    stages = data.manifest.get("stages", [])
+    lines += list(dict.fromkeys(_fallback_command(s, out) for s in stages if s.get("stage") == "fallback"))
     lines.append(f"qconv card {out}")
     return lines
 

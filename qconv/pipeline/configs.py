@@ -4,6 +4,12 @@ Each stage of ``qconv.pipeline.stages`` names its config here; the recipe schema
 reads the same dataclasses. The export config is the task's (``Task.export_config``), the quantize config the
 mode's (``qconv.convert.quantize``). Pure data: nothing here imports a stage, so the schema and the stages can
 both import it.
+
+The ``qconv optimize``, ``fallback``, ``bench`` and ``publish`` commands' configuration options are generated from these
+classes too (``qconv.pipeline.options.click_options``; a field's ``help`` is its flag's help), with a small
+``...Command`` subclass for an option only the command has and records (``FallbackCommand.runtime``). Their
+output and behaviour switches (``--overwrite``, ``--json``, ``--dry-run``...) are plain click options in
+``qconv.cli``: they are not configuration, nothing records or reproduces them.
 """
 
 from __future__ import annotations
@@ -27,9 +33,13 @@ def at_least(low: int, high: int | None = None) -> dict:
 
 @dataclass
 class OptimizeStage:
-    level: Literal["O1", "O2", "O3", "O4"]
-    target: Literal["cpu", "cuda"] = "cpu"
-    source: str = field(default="model", metadata=key("from"))
+    level: Literal["O1", "O2", "O3", "O4"] = field(
+        metadata=option("O1 | O2 | O3 | O4 (O4 = O3 + fp16, needs --target cuda).", noun="optimization level")
+    )
+    target: Literal["cpu", "cuda"] = field(
+        default="cpu", metadata=option("cpu | cuda: the device the graph is built for.")
+    )  # an unknown level or target is refused before the artifact is opened (qconv.pipeline.options.checked)
+    source: str = field(default="model", metadata=option("fp32 variant to optimize.", key="from"))
 
 
 def _thresholds_class() -> type:
@@ -59,10 +69,27 @@ class ValidateStep:
 
 @dataclass
 class FallbackStep:
-    providers: list[str] = field(
-        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"], metadata={"providers": "known"}
+    variants: list[str] | None = field(
+        default=None,
+        metadata=option(
+            "Variant(s) to analyse, repeatable [default: in a recipe every variant it makes, here model].",
+            flag="--variant",
+        ),
     )
-    variants: list[str] | None = None  # default: every variant the recipe produces
+    providers: list[str] = field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        metadata={
+            **option("Execution providers, comma-separated or repeated.", split=",", always=True),
+            "providers": "known",
+        },
+    )
+
+
+@dataclass
+class FallbackCommand(FallbackStep):
+    """``qconv fallback``: the recipe's step and what the command also records (the stage entry's keys)."""
+
+    runtime: bool = field(default=False, metadata=option("Also profile a session on each provider available here."))
 
 
 @dataclass
@@ -103,6 +130,8 @@ class BenchStep:
 
 @dataclass
 class PublishTarget:
-    repo_id: str
-    revision: str | None = None
-    private: bool = False
+    repo_id: str = field(
+        metadata=option("Upload to this Hub model repository (ORG/NAME); the token comes from HF_TOKEN.")
+    )
+    revision: str | None = field(default=None, metadata=option("--repo-id: upload to this branch (created if needed)."))
+    private: bool = field(default=False, metadata=option("--repo-id: create the repository private."))

@@ -44,21 +44,18 @@ def export_command(task) -> click.Command:
     ]
 
     def run(model, output, revision, overwrite, **_values) -> None:
-        config = config_from_cli(task, click.get_current_context(), declared)
+        config = _config(task, click.get_current_context(), declared)
         task.export(model, output, config, revision=revision, overwrite=overwrite)
 
     return click.Command(task.name, params=params, callback=run, help=task.export_help or None)
 
 
-def config_from_cli(task, ctx, declared: dict | None = None):
+def _config(task, ctx, declared: dict):
     """The task's export config from the flags given (the others keep the config's defaults), checked against
     its declaration before anything is loaded."""
-    from qconv.pipeline.options import check_config, given_values
+    from qconv.pipeline.options import configure, given_values
 
-    declared = _declared(task) if declared is None else declared
-    config = task.export_config(**given_values(ctx, declared))
-    check_config(config, f"qconv export {task.name}")
-    return config
+    return configure(task.export_config, f"qconv export {task.name}", **given_values(ctx, declared))
 
 
 class ExportGroup(click.Group):

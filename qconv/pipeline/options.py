@@ -12,7 +12,11 @@ off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None; a list's
 split on this separator, so ``--batch-sizes 1,8`` and ``--batch-sizes 1 --batch-sizes 8`` give the same list);
 ``implied``, the value a default of None stands for (an opset of None is the exporter's 18: shown as the
 default, and a stored 18 is not repeated on a command line); ``always``, a flag a command line always spells
-out even at its default (``--seq-cls``: a reader should not need to know the default).
+out even at its default (``--seq-cls``: a reader should not need to know the default); ``noun``, what an unknown value is
+called in messages when not its flag (``unknown optimization level 'O7'``).
+
+A command's options come from one dataclass: ``click_options`` makes its click options (a field without a
+default is a required option), ``config_from_cli`` / ``configure`` the checked config from what was given.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def option(
     split: str | None = None,
     implied: Any = None,
     always: bool = False,
+    noun: str | None = None,
 ) -> dict:
     """The metadata of one declared option (see the module docstring)."""
     meta: dict[str, Any] = {"help": help}
@@ -53,6 +58,8 @@ def option(
         meta["implied"] = implied
     if always:
         meta["always"] = True
+    if noun:
+        meta["noun"] = noun
     return meta
 
 
@@ -117,7 +124,7 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
             return f"{flag} needs at least one value"
         return next((p for p in (check_value(f, detail, item, what) for item in value) if p), None)
     if kind == "literal" and value not in detail:
-        return f"unknown {flag} '{value}' (choose {', '.join(map(str, detail))})"
+        return f"unknown {f.metadata.get('noun') or flag} '{value}' (choose {', '.join(map(str, detail))})"
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         return f"{flag} {value} is not supported for {what} ({_or(choices)})"
@@ -128,8 +135,9 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
     return None
 
 
-def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
-    """The CLI arguments that give ``config``: every option whose value differs from its declared default."""
+def to_argv(config, skip: tuple[str, ...] = (), always: tuple[str, ...] = ()) -> list[str]:
+    """The CLI arguments that give ``config``: every option whose value differs from its declared default (and
+    those named in ``always``, whatever their value)."""
     hints = typing.get_type_hints(type(config))
     argv: list[str] = []
     for f in public_fields(config):
@@ -191,9 +199,21 @@ def _typed(f: dataclasses.Field, tp, value):
     return items
 
 
+def _spelled(tp, value):
+    """A Literal's value given in another case is its declared spelling (``--level o2``)."""
+    kind, detail = shape_of(tp)
+    if kind == "literal" and isinstance(value, str) and value not in detail:
+        same = [d for d in detail if isinstance(d, str) and d.lower() == value.lower()]
+        return same[0] if len(same) == 1 else value
+    return value
+
+
 def configure(tp, what: str, **given):
     """An instance of ``tp`` from options given by field name (CLI, Python API), checked against the
-    declaration; None means 'not given' (the dataclass has the defaults)."""
+    declaration; None means 'not given' (the dataclass has the defaults). A bad value or a missing required
+    option is a QconvError naming the flag."""
+    from qconv.errors import QconvError
+
     hints = typing.get_type_hints(tp)
     fields = {f.name: f for f in public_fields(tp)}
     values = {}
@@ -202,7 +222,10 @@ def configure(tp, what: str, **given):
             continue
         if name not in fields:
             raise TypeError(f"{what} has no option '{name}' (options: {', '.join(fields)})")
-        values[name] = _typed(fields[name], hints[name], value)
+        values[name] = _spelled(hints[name], _typed(fields[name], hints[name], value))
+    missing = [flag_of(f) for f in fields.values() if default_of(f) is dataclasses.MISSING and f.name not in values]
+    if missing:
+        raise QconvError(f"missing option {', '.join(missing)}")
     config = tp(**values)
     check_config(config, what)
     return config
@@ -279,12 +302,15 @@ def help_of(entry: Declared, everyone: int) -> str:
     return f"{text} [default: {'; '.join(groups)}]" if groups else text
 
 
-def click_option(entry: Declared, everyone: int):
-    """A ``click.Option`` for a declared option; its default is None ('not given'): the config has the defaults."""
+def click_option(entry: Declared, everyone: int, required: bool = False):
+    """A ``click.Option`` for a declared option; its default is None ('not given'): the config has the defaults.
+    A list option is repeatable; with ``split`` metadata each value may also be a separated list."""
     import click
 
     f, kind = entry.field, entry.kind
     flag, help_text = flag_of(f), help_of(entry, everyone)
+    if required:
+        return click.Option([flag, f.name], required=True, help=help_text)
     if kind == "bool":
         if entry.field.metadata.get("flag"):
             # given: the declared default's opposite (--per-tensor gives per_channel=False)
@@ -306,14 +332,21 @@ def click_option(entry: Declared, everyone: int):
     return click.Option([flag, f.name], type=kind_type, default=None, metavar=metavar, help=help_text)
 
 
-def click_options(tp) -> list:
-    """The click options of one config dataclass (a command with a single declaration, e.g. ``qconv bench``)."""
-    return [click_option(entry, everyone=1) for entry in collect({tp.__name__: tp}).values()]
+def click_options(tp, skip: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> list:
+    """The click options of one command's config ``tp`` (``qconv bench``, ``optimize``, ...), in declaration
+    order; a field without a default is a required option unless named in ``optional`` (``--repo-id``, which
+    ``publish --to`` does without)."""
+    declared = collect({tp.__name__: tp}, skip=skip)
+    return [
+        click_option(entry, everyone=1, required=entry.owners[0][1] is dataclasses.MISSING and name not in optional)
+        for name, entry in declared.items()
+    ]
 
 
-def config_from_cli(ctx, tp, what: str):
-    """``tp`` from the options given on the command line, checked against its declaration (QconvError)."""
-    return configure(tp, what, **given_values(ctx, [f.name for f in public_fields(tp)]))
+def config_from_cli(ctx, tp, what: str, **fixed):
+    """``tp`` from the options given on the command line (the others: its defaults) and ``fixed``, checked
+    against its declaration (QconvError)."""
+    return configure(tp, what, **{**given_values(ctx, [f.name for f in public_fields(tp)]), **fixed})
 
 
 def given_values(ctx, names) -> dict:
