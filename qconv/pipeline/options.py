@@ -7,7 +7,9 @@ writes a flag, a check or a command line of its own.
 
 Field metadata (``option(...)``): ``help``; ``key``, the recipe key when it is not the field name (``from``);
 ``flag``, the CLI flag when it is not ``--<key>`` (for a bool whose default is True, the flag that turns it
-off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None); ``file`` (a file path).
+off, e.g. ``--per-tensor``; for a bool whose default is False, its one 'on' flag, e.g. ``--offline``); ``choices``;
+``range`` (low, high or None); ``file`` (a file path); ``comma`` (a list option whose CLI value is comma-separated:
+``--providers a,b``, also repeated, printed back as one ``a,b``). A field without a default is a required option.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def option(
     choices: tuple | list | None = None,
     range: tuple[float, float | None] | None = None,
     file: bool = False,
+    comma: bool = False,
 ) -> dict:
     """The metadata of one declared option (see the module docstring)."""
     meta: dict[str, Any] = {"help": help}
@@ -39,6 +42,8 @@ def option(
         meta["range"] = range
     if file:
         meta["file"] = True
+    if comma:
+        meta["comma"] = True
     return meta
 
 
@@ -91,6 +96,8 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
         return None
     flag = flag_of(f)
     kind, detail = shape_of(tp)
+    if kind == "list":
+        return next((why for item in value if (why := check_value(f, detail, item, what))), None)
     if kind == "literal" and value not in detail:
         return f"unknown {flag} '{value}' (choose {', '.join(map(str, detail))})"
     choices = f.metadata.get("choices")
@@ -120,6 +127,8 @@ def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
                 argv.append(flag)  # an 'off' flag (--per-tensor) is given exactly when the value is False
             else:
                 argv.append(flag if value else "--no-" + flag[2:])
+        elif kind == "list" and f.metadata.get("comma"):
+            argv += [flag, ",".join(map(str, value))]
         elif kind == "list":
             for item in value:
                 argv += [flag, str(item)]
@@ -200,6 +209,7 @@ def click_option(entry: Declared, everyone: int):
 
     f, kind = entry.field, entry.kind
     flag, help_text = flag_of(f), help_of(entry, everyone)
+    required = all(default is dataclasses.MISSING for _, default in entry.owners)
     if kind == "bool":
         if entry.field.metadata.get("flag"):
             # given: the declared default's opposite (--per-tensor gives per_channel=False)
@@ -208,12 +218,18 @@ def click_option(entry: Declared, everyone: int):
             )
         return click.Option([f"{flag}/--no-{flag[2:]}", f.name], default=None, help=help_text)
     if kind == "list":
-        return click.Option([flag, f.name], multiple=True, help=help_text)
+        split = _split_commas if f.metadata.get("comma") else None
+        return click.Option([flag, f.name], multiple=True, required=required, callback=split, help=help_text)
     if f.metadata.get("file"):
         kind_type = click.Path(dir_okay=False)
     else:
         kind_type = {"int": int, "float": float}.get(kind, str)
-    return click.Option([flag, f.name], type=kind_type, default=None, help=help_text)
+    return click.Option([flag, f.name], type=kind_type, default=None, required=required, help=help_text)
+
+
+def _split_commas(ctx, param, values) -> tuple:
+    """A ``comma`` option's values: each given value split at its commas, blanks dropped ('a,b' and repeats)."""
+    return tuple(item.strip() for value in values or () for item in value.split(",") if item.strip())
 
 
 def given_values(ctx, names) -> dict:
