@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import sys
@@ -14,8 +13,6 @@ from qconv.errors import QconvError, one_line
 from qconv.pipeline.export_cli import ExportGroup
 
 
-def _split_providers(value: str | None) -> list[str] | None:
-    return [p for p in value.split(",") if p.strip()] if value else None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -248,107 +245,51 @@ def _validate(art, dataset: str, **options) -> dict:
     return validate_dataset(art, dataset, **options)
 
 
-def _gate_options(command):
-    """One ``qconv validate`` option per declared gate: flag, help and name from the declaration."""
-    from qconv.gates import GATES
+class _ValidateCommand(click.Command):
+    """``qconv validate``: its options are generated from ``ValidateRequest`` (qconv/pipeline/validate_cli.py)
+    when the command is parsed or its help shown, so a task or gate registered after import is there too."""
 
-    for gate in reversed(GATES.values()):
-        command = click.option(gate.flag, gate.name, type=float, help=gate.help)(command)
-    return command
+    def get_params(self, ctx):
+        from qconv.pipeline.validate_cli import validate_params
 
-
-def _only_for(kind: str, dataset: str, **given) -> None:
-    used = [name for name, value in given.items() if value is not None]
-    if used:
-        flags = ", ".join("--" + name.replace("_", "-") for name in used)
-        verb = "does" if len(used) == 1 else "do"
-        raise QconvError(f"{flags} {verb} not apply to dataset '{dataset}' ({kind} validation)")
+        params = super().get_params(ctx)
+        return params[:1] + validate_params() + params[1:]
 
 
-@cli.command()
+@cli.command(cls=_ValidateCommand)
 @click.argument("artifact", required=False)
-@click.option(
-    "--dataset",
-    "datasets",
-    required=True,
-    multiple=True,
-    help="sts12 | bq (embedding), msmarco (reranker); repeatable (one report each).",
-)
-@click.option("--variant", default="model", show_default=True, help="ONNX variant (onnx/model_<variant>.onnx).")
-@click.option("--data-files", type=click.Path(dir_okay=False), help="Local JSONL/Parquet/CSV in the dataset's schema.")
-@click.option("--split", help="Dataset split [default: the dataset's evaluation split].")
-@click.option("--limit", type=int, help="Evaluate only the first N pairs (queries for msmarco).")
-@click.option("--max-candidates", type=int, help="msmarco: candidates per query, positives first [default: 30].")
-@click.option("--reference", help="PyTorch reference model [default: the manifest's source model].")
-@click.option("--providers", help="Comma-separated onnxruntime execution providers [default: CPU].")
-@click.option("--batch-size", type=int, help="Texts (or pairs) per batch [default: 32, msmarco 8].")
-@click.option(
-    "--batch-tokens",
-    type=int,
-    default=8192,
-    show_default=True,
-    help="At most this many padded tokens per batch (bounds memory for long texts).",
-)
-@click.option(
-    "--instruction", help="Instruction for both tasks [default: the dataset's or the artifact's]; '' = no instruction."
-)
-@click.option("--dim", type=int, help="Matryoshka: truncate embeddings to D dimensions and renormalise.")
-@_gate_options
-@click.option(
-    "--bootstrap",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Paired bootstrap resamples for each delta's 95% interval (seeded); 0 = off. Gates read the point estimate.",
-)
-@click.option("--offline", is_flag=True, help="Do not try the Hub; use --data-files or the bundled sample.")
 @click.option("--json", "as_json", is_flag=True, help="Also print the JSON report on stdout.")
-def validate(
-    artifact,
-    datasets,
-    variant,
-    data_files,
-    split,
-    limit,
-    max_candidates,
-    reference,
-    providers,
-    batch_size,
-    batch_tokens,
-    instruction,
-    dim,
-    bootstrap,
-    offline,
-    as_json,
-    **gates,
-) -> None:
+@click.pass_context
+def validate(ctx, artifact, as_json, **_options) -> None:
     """Validate an ONNX variant against the PyTorch original (exit 1 when a threshold fails)."""
     from qconv.artifact import find_artifact
     from qconv.console import console_on_stderr
     from qconv.errors import GateFailed
     from qconv.gates import GATES
+    from qconv.pipeline.validate_cli import only_for, request_from_cli, task_values
     from qconv.tasks import task_for_dataset_kind
     from qconv.validate.datasets import dataset_spec
     from qconv.validate.report import to_json
     from qconv.validate.runner import check_validation_request
 
-    datasets = tuple(dict.fromkeys(datasets))  # the same dataset twice is one run
-    if len(datasets) > 1 and (data_files or split):
+    request, given = request_from_cli(ctx)  # every declared option checked before anything is opened
+    datasets = tuple(dict.fromkeys(request.dataset))  # the same dataset twice is one run
+    if len(datasets) > 1 and (request.data_files or request.split):
         raise QconvError("--data-files and --split name one dataset's data: give a single --dataset with them")
     common = dict(
-        variant=variant,
-        data_files=data_files,
-        split=split,
-        limit=limit,
-        reference=reference,
-        providers=_split_providers(providers),
-        instruction=instruction,
-        bootstrap=bootstrap,
-        offline=offline,
-        batch_tokens=batch_tokens,
+        variant=request.variant,
+        data_files=request.data_files,
+        split=request.split,
+        limit=request.limit,
+        reference=request.reference,
+        providers=request.providers or None,
+        instruction=request.instruction,
+        bootstrap=request.bootstrap,
+        offline=request.offline,
+        batch_tokens=request.batch_tokens,
         raise_on_fail=False,
     )
-    specific = {"max_candidates": max_candidates, "batch_size": batch_size, "dim": dim}
+    gates = {name: getattr(request, name) for name in GATES if name in given}
     plans = []
     for dataset in datasets:  # every dataset's arguments are checked before any work
         spec = dataset_spec(dataset)
@@ -357,16 +298,14 @@ def validate(
         elsewhere = {name: value for name, value in gates.items() if name not in applies}
         task = task_for_dataset_kind(spec.kind)
         # The task-specific options: the task declares its own (and their defaults); the others' are refused.
-        declared = {f.name for f in dataclasses.fields(task.validate_options)} if task.validate_options else set()
-        _only_for(task.name, dataset, **{n: v for n, v in specific.items() if n not in declared}, **elsewhere)
-        given = {name: value for name, value in specific.items() if name in declared and value is not None}
-        own = dataclasses.asdict(task.validate_options(**given)) if task.validate_options else {}
+        others, own = task_values(task, request, given)
+        only_for(task.name, dataset, {**others, **elsewhere})
         plans.append((dataset, task, {**own, **applies}))
     reports, failed = [], []
     with console_on_stderr(as_json):
         art = find_artifact(artifact)
         for dataset, _, _ in plans:
-            check_validation_request(art, dataset, limit)
+            check_validation_request(art, dataset, request.limit)
         for dataset, task, options in plans:
             report = task.validate(art, dataset, **options, **common)
             reports.append(report)
@@ -375,7 +314,7 @@ def validate(
     if as_json:
         click.echo(to_json(reports[0] if len(reports) == 1 else reports))
     if failed:
-        raise GateFailed(f"validation failed for {variant} on {' | '.join(failed)}")
+        raise GateFailed(f"validation failed for {request.variant} on {' | '.join(failed)}")
 
 
 class _OnlyOption(click.Option):

@@ -205,6 +205,32 @@ def test_card_metadata_variants_and_model_index(embedding):
     assert len(Artifact(embedding).manifest["stages"]) == stages + 1
 
 
+def test_reproduce_validate_line_from_the_stored_request_is_the_report_fields_line(
+    validated_embedding, validated_reranker
+):
+    """A validation stores its request (summary and report); the Reproduce line prints it through the CLI's
+    declaration, the same text as the line rebuilt from report fields for records written before."""
+    from qconv.hub.card import _CardData
+    from qconv.hub.reproduce import _validate_command
+
+    lines = []
+    for path in (validated_embedding, validated_reranker):
+        art = Artifact(path)
+        out = f"artifacts/{art.name}"
+        stored, legacy = _CardData(art, None, None), _CardData(art, None, None)
+        summaries = stored.summaries()
+        assert summaries and all(s["request"] == stored.report(s)["request"] for s in summaries)
+        for summary in summaries:
+            old = {k: v for k, v in summary.items() if k != "request"}
+            legacy._reports[summary["report"]] = {k: v for k, v in stored.report(summary).items() if k != "request"}
+            line = _validate_command(stored, summary, out)
+            assert line == _validate_command(legacy, old, out)
+            lines.append(line)
+    assert any(line.endswith("--dataset sts12 --offline --limit 40") for line in lines)
+    assert any(line.endswith("--offline --limit 40 --max-delta 0.05") for line in lines)
+    assert any(line.endswith("--dataset msmarco --offline --limit 4 --max-candidates 5") for line in lines)
+
+
 def test_card_cli_base_model_and_repo_id(embedding, tmp_path, run_cli):
     code, out, err = run_cli("card", embedding, "--repo-id", "org/tiny", "--base-model", "Qwen/Qwen3-Embedding-0.6B")
     assert code == 0, err

@@ -165,6 +165,47 @@ def test_gates_have_one_name(run_cli):
         assert gate.name in Thresholds.__dataclass_fields__
 
 
+def test_validate_options_and_reproduce_line_come_from_the_declaration(run_cli):
+    import shlex
+
+    from qconv.cli import cli
+    from qconv.gates import GATES
+    from qconv.pipeline.configs import validate_request_class
+    from qconv.pipeline.options import to_argv
+    from qconv.pipeline.validate_cli import request_from_cli
+
+    code, out, _ = run_cli("validate", "--help")
+    flat = " ".join(out.split())
+    assert code == 0 and GATES["max_delta"].help in flat and "Also print the JSON report on stdout." in flat
+    assert "embedding: Matryoshka: truncate embeddings to D dimensions and renormalise." in flat  # says whose
+    assert "reranker: Candidates per query, positives first. [default: 30]" in flat
+    assert "embedding: Texts per batch; reranker: Pairs per batch. [default: 32 for embedding; 8 for reranker]" in flat
+    config = validate_request_class()(
+        dataset=["sts12", "bq"],
+        variant="int8",
+        offline=True,
+        split="test",
+        limit=40,
+        dim=16,
+        instruction="",
+        bootstrap=0,
+        providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        max_delta=0.05,
+        batch_tokens=1024,
+    )
+    line = shlex.join(to_argv(config))
+    assert line == (
+        "--dataset sts12 --dataset bq --variant int8 --offline --split test --limit 40 --dim 16 --instruction '' "
+        "--bootstrap 0 --providers CUDAExecutionProvider,CPUExecutionProvider --max-delta 0.05 --batch-tokens 1024"
+    )
+    command = cli.commands["validate"]
+    assert request_from_cli(command.make_context("validate", shlex.split(line)))[0] == config
+    # A comma-separated list takes 'a,b' and repeated flags alike.
+    argv = ["--dataset", "sts12", "--providers", "A,B", "--providers", "C"]
+    assert request_from_cli(command.make_context("validate", argv))[0].providers == ["A", "B", "C"]
+    assert to_argv(validate_request_class()(dataset=["msmarco"])) == ["--dataset", "msmarco"]  # defaults: nothing
+
+
 # -- a dummy task ---------------------------------------------------------------------------------------
 
 

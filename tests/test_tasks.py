@@ -214,6 +214,44 @@ def test_validation_dispatches_to_the_dummy_task(dummy, dummy_dataset, tmp_path)
     assert dummy.calls == [("validate", art, "dummyset", {"raise_on_fail": False, "limit": 3})]
 
 
+@dataclass
+class DummyValidate:
+    widgets: int = field(default=3, metadata={"help": "Widgets per text.", "range": (1, None)})
+
+
+def test_a_task_validate_option_is_a_qconv_validate_flag(dummy_dataset, tmp_path, run_cli):
+    """A task's validate_options field becomes a ``qconv validate`` flag with no edit of the CLI: its help
+    names the task, its value reaches the task's validation, another task's dataset refuses it."""
+    code, out, _ = run_cli("validate", "--help")
+    assert code == 0 and "--widgets" not in out
+
+    class WidgetTask(DummyTask):
+        validate_options = DummyValidate
+
+    register_task(WidgetTask)
+    try:
+        code, out, _ = run_cli("validate", "--help")
+        assert code == 0 and "--widgets INTEGER" in out
+        assert "dummy: Widgets per text. [default: 3]" in " ".join(out.split())
+        path = _fake_artifact(tmp_path / "a", "dummy", {"flavour": "plain", "padding_side": "left"})
+        code, _, err = run_cli("validate", path, "--dataset", "dummyset", "--widgets", "5", "--limit", "2")
+        assert code == 0, err
+        ((_, _, dataset, options),) = TASKS["dummy"].calls
+        assert dataset == "dummyset" and options["widgets"] == 5 and options["limit"] == 2
+        code, _, err = run_cli("validate", path, "--dataset", "dummyset")  # not given: the task's default
+        assert code == 0, err
+        assert TASKS["dummy"].calls[-1][3]["widgets"] == 3
+        code, _, err = run_cli("validate", path, "--dataset", "dummyset", "--widgets", "0")
+        assert code == 2 and "--widgets 0 is not supported for the dummy task (at least 1)" in err
+        code, _, err = run_cli("validate", path, "--dataset", "sts12", "--widgets", "5")
+        assert code == 2 and "--widgets does not apply to dataset 'sts12' (embedding validation)" in err
+        assert len(TASKS["dummy"].calls) == 2
+    finally:
+        TASKS.pop("dummy", None)
+    code, out, _ = run_cli("validate", "--help")
+    assert code == 0 and "--widgets" not in out
+
+
 def test_check_variant_and_calibration_ask_the_dummy_task(dummy, tmp_path):
     from qconv.artifact import Artifact
     from qconv.convert.calibration import calibration_batches

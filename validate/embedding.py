@@ -161,4 +161,12 @@ def validate_embedding(
         figures,
         raise_on_fail=raise_on_fail,
         extra_failures=[] if parity["finite"] else ["candidate embeddings contain NaN or Inf"],
+        request=dict(
+            limit=len(data),
+            batch_size=batch_size,
+            dim=dim,
+            instruction=instruction,
+            bootstrap=bootstrap,
+            batch_tokens=batch_tokens,
+        ),
     )

@@ -217,4 +217,12 @@ def validate_reranker(
         figures,
         raise_on_fail=raise_on_fail,
         extra_failures=[] if parity["finite"] else ["candidate scores contain NaN or Inf"],
+        request=dict(
+            limit=len(data),
+            max_candidates=max_candidates,
+            batch_size=batch_size,
+            instruction=instruction,
+            bootstrap=bootstrap,
+            batch_tokens=batch_tokens,
+        ),
     )

@@ -160,10 +160,59 @@ def scored_results(
     }
 
 
+def stored_request(art: Artifact, report: dict, options: dict) -> dict:
+    """The ``ValidateRequest`` (qconv.pipeline.configs) that repeats this validation, as data: what the card's
+    Reproduce line prints back (``to_argv`` leaves out every value equal to its default).
+
+    Read from the report where it says what was used: the data source (``--offline`` for the bundled sample,
+    the file for data files), a split other than the dataset's, the count evaluated (``--limit``), providers
+    other than CPU alone, the gates that differ from the precision's defaults. ``options`` are the task's
+    (task options equal to the task's declared defaults are left out), instruction, bootstrap and batch_tokens
+    as given. The reference model is not kept (a local path of this machine; the manifest records it)."""
+    import dataclasses
+
+    from qconv.gates import GATES, default_gates, gate_name
+    from qconv.pipeline.configs import validate_request_class
+
+    spec = dataset_spec(report["dataset"])
+    task = task_for_dataset_kind(spec.kind)
+    task_defaults = dataclasses.asdict(task.validate_options()) if task.validate_options else {}
+    try:
+        defaults = default_gates(art.task, report["precision"])
+    except QconvError:  # no defaults declared: every recorded gate was chosen
+        defaults = {}
+    gates = {gate_name(k): v for k, v in report["thresholds"].items() if defaults.get(gate_name(k)) != v}
+    fields = {f.name for f in dataclasses.fields(validate_request_class())}
+    values = {k: v for k, v in options.items() if k in fields and not (k in task_defaults and task_defaults[k] == v)}
+    providers = list(report["providers"])
+    values.update(
+        dataset=[report["dataset"]],
+        variant=report["variant"],
+        offline=report["source"] == "bundled-sample",
+        data_files=report["location"] if report["source"] == "data-files" else None,
+        split=report["split"] if report["split"] != spec.split else None,
+        providers=None if providers == ["CPUExecutionProvider"] else providers,
+        **{name: value for name, value in gates.items() if name in GATES},
+    )
+    request = validate_request_class()(**{k: v for k, v in values.items() if k in fields})
+    return {k: v for k, v in dataclasses.asdict(request).items() if k != "reference"}
+
+
 def finalize(
-    art: Artifact, report: dict, figures: list[Figure], *, extra_failures: list[str], raise_on_fail: bool
+    art: Artifact,
+    report: dict,
+    figures: list[Figure],
+    *,
+    extra_failures: list[str],
+    raise_on_fail: bool,
+    request: dict | None = None,
 ) -> dict:
-    """Apply the gates, write the report, record it in the manifest, print a summary, gate the exit."""
+    """Apply the gates, write the report, record it in the manifest, print a summary, gate the exit.
+
+    ``request``: the options that repeat the validation (see ``stored_request``), kept in the report and the
+    manifest's summary."""
+    if request is not None:
+        report["request"] = stored_request(art, report, request)
     report["placement"] = placement_summary(art, report["variant"], report["providers"])
     report["failures"] = check(report["thresholds"], report) + extra_failures
     report["passed"] = not report["failures"]
@@ -185,6 +234,8 @@ def finalize(
             report=f"{REPORTS_DIR}/{paths['json'].name}",
             variant_sha256=validated,
         )
+        if "request" in report:
+            summary["request"] = report["request"]
         art.manifest.setdefault("validation", {}).setdefault(report["variant"], {})[report["dataset"]] = summary
         stage_entry = {"stage": "validate", "variant": report["variant"], "dataset": report["dataset"]}
         art.add_stage({**stage_entry, "passed": report["passed"]})

@@ -88,10 +88,23 @@ def _fallback_command(stage: dict, out: str) -> str:
 
 
 def _validate_command(data: _CardData, summary: dict, out: str) -> str:
+    from qconv.pipeline.configs import validate_request_class
+    from qconv.pipeline.options import from_data, to_argv
+
+    report = data.report(summary)
+    stored = summary.get("request") or report.get("request")
+    if stored:
+        # The stored request, printed by the mapping qconv validate's options are generated from.
+        config = from_data(validate_request_class(), stored)
+        return " ".join([f"qconv validate {out}"] + [_q(a) for a in to_argv(config)])
+    return _legacy_validate_command(data, summary, report, out)
+
+
+def _legacy_validate_command(data: _CardData, summary: dict, report: dict, out: str) -> str:
+    """The line of a validation recorded before summaries stored their request: rebuilt from report fields."""
     from qconv.gates import GATES, gate_name, thresholds_for
     from qconv.validate.datasets import DATASETS
 
-    report = data.report(summary)
     spec = DATASETS.get(summary["dataset"])
     args = [f"qconv validate {out} --dataset {_q(summary['dataset'])}"]
     if summary["variant"] != BASE_VARIANT:

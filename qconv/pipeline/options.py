@@ -7,7 +7,7 @@ writes a flag, a check or a command line of its own.
 
 Field metadata (``option(...)``): ``help``; ``key``, the recipe key when it is not the field name (``from``);
 ``flag``, the CLI flag when it is not ``--<key>`` (for a bool whose default is True, the flag that turns it
-off, e.g. ``--per-tensor``); ``choices``; ``range`` (low, high or None; a list's items are checked);
+off, e.g. ``--per-tensor``; for a bool whose default is False, its one 'on' flag, e.g. ``--offline``); ``choices``; ``range`` (low, high or None; a list's items are checked);
 ``file`` (a file path); ``split`` (a list option: each CLI value, or a string given through the Python API, is
 split on this separator, so ``--batch-sizes 1,8`` and ``--batch-sizes 1 --batch-sizes 8`` give the same list);
 ``implied``, the value a default of None stands for (an opset of None is the exporter's 18: shown as the
@@ -302,15 +302,15 @@ def help_of(entry: Declared, everyone: int) -> str:
     return f"{text} [default: {'; '.join(groups)}]" if groups else text
 
 
-def click_option(entry: Declared, everyone: int, required: bool = False):
+def click_option(entry: Declared, everyone: int, required: bool | None = None):
     """A ``click.Option`` for a declared option; its default is None ('not given'): the config has the defaults.
     A list option is repeatable; with ``split`` metadata each value may also be a separated list."""
     import click
 
     f, kind = entry.field, entry.kind
     flag, help_text = flag_of(f), help_of(entry, everyone)
-    if required:
-        return click.Option([flag, f.name], required=True, help=help_text)
+    if required is None:
+        required = all(default is dataclasses.MISSING for _, default in entry.owners)
     if kind == "bool":
         if entry.field.metadata.get("flag"):
             # given: the declared default's opposite (--per-tensor gives per_channel=False)
@@ -322,14 +322,28 @@ def click_option(entry: Declared, everyone: int, required: bool = False):
         separator = f.metadata.get("split")
         item = {int: "INTEGER", float: "FLOAT"}.get(entry.item, "TEXT")
         metavar = f"{item}{separator}..." if separator else None
-        return click.Option([flag, f.name], multiple=True, metavar=metavar, help=help_text)
+        split = _splitter(separator) if separator else None
+        return click.Option(
+            [flag, f.name], multiple=True, required=required, callback=split, metavar=metavar, help=help_text
+        )
     if f.metadata.get("file"):
         kind_type = click.Path(dir_okay=False)
     else:
         kind_type = {"int": int, "float": float}.get(kind, str)
     # A literal's values are checked from the declaration (check_value), in one line: shown, not click's Choice.
     metavar = f"[{'|'.join(map(str, entry.item))}]" if kind == "literal" else None
-    return click.Option([flag, f.name], type=kind_type, default=None, metavar=metavar, help=help_text)
+    return click.Option(
+        [flag, f.name], type=kind_type, default=None, required=required, metavar=metavar, help=help_text
+    )
+
+
+def _splitter(separator: str):
+    """A ``split`` option's click callback: each given value split at the separator, blanks dropped."""
+
+    def split(ctx, param, values) -> tuple:
+        return tuple(item.strip() for value in values or () for item in str(value).split(separator) if item.strip())
+
+    return split
 
 
 def click_options(tp, skip: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> list:
@@ -338,7 +352,7 @@ def click_options(tp, skip: tuple[str, ...] = (), optional: tuple[str, ...] = ()
     ``publish --to`` does without)."""
     declared = collect({tp.__name__: tp}, skip=skip)
     return [
-        click_option(entry, everyone=1, required=entry.owners[0][1] is dataclasses.MISSING and name not in optional)
+        click_option(entry, everyone=1, required=False if name in optional else None)
         for name, entry in declared.items()
     ]
 

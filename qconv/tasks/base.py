@@ -175,8 +175,9 @@ class Task:
         raise QconvError(f"qconv has no test model for the {self.name} task")
 
     # -- validate options (qconv validate, the recipe runner) -------------------------------------------
-    # A dataclass of the options only this task's validation takes, with their defaults (None: none). The
-    # CLI refuses the others' options on this task's datasets; the runner passes the ones a recipe gives.
+    # A dataclass of the options only this task's validation takes, with their defaults (None: none). Each
+    # field is a ``qconv validate`` flag (qconv/pipeline/validate_cli.py; its help names the tasks that take
+    # it); the CLI refuses the others' options on this task's datasets; the runner passes what a recipe gives.
     validate_options: ClassVar[type | None] = None
 
 

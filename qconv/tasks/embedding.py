@@ -27,7 +27,9 @@ class EmbeddingValidate:
     """The options of an embedding validation (``qconv validate`` on a pairs dataset)."""
 
     batch_size: int = field(default=32, metadata={"help": "Texts per batch."})
-    dim: int | None = field(default=None, metadata={"help": "Matryoshka: truncate embeddings to D dimensions."})
+    dim: int | None = field(
+        default=None, metadata={"help": "Matryoshka: truncate embeddings to D dimensions and renormalise."}
+    )
 
 
 @register_task
