@@ -13,8 +13,6 @@ from qconv.errors import QconvError, one_line
 from qconv.pipeline.export_cli import ExportGroup
 
 
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="qconv")
 def cli() -> None:
@@ -26,18 +24,27 @@ def export() -> None:
     """Export a model to an ONNX artifact: one subcommand per task."""
 
 
-class _QuantizeCommand(click.Command):
-    """``qconv quantize``: its mode options are generated from the registered modes each time the command is
-    parsed or its help shown, so a mode registered after import (a plugin, a test) is there too."""
+class _GeneratedCommand(click.Command):
+    """A command whose configuration options are generated (``generated``: a callable giving the click options)
+    each time it is parsed or its help shown, so a task, mode or field registered after import (a plugin, a
+    test) has its flags too. They go after the ARTIFACT argument; the command's own switches are plain."""
+
+    def __init__(self, *args, generated, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generated = generated
 
     def get_params(self, ctx):
-        from qconv.pipeline.quantize_cli import mode_params
-
         params = super().get_params(ctx)
-        return params[:1] + mode_params() + params[1:]
+        return params[:1] + self.generated() + params[1:]
 
 
-@cli.command(cls=_QuantizeCommand)
+def _mode_params() -> list:
+    from qconv.pipeline.quantize_cli import mode_params
+
+    return mode_params()
+
+
+@cli.command(cls=_GeneratedCommand, generated=_mode_params)
 @click.argument("artifact", required=False)
 @click.option("--validate", "datasets", multiple=True, help="Validate the new variant on this dataset (repeatable).")
 @click.option("--limit", type=int, help="With --validate: evaluate only the first N pairs/queries.")
@@ -76,13 +83,12 @@ def quantize(ctx, artifact, datasets, limit, bootstrap, overwrite, **mode_option
         raise GateFailed(f"validation failed for {variant}: {' | '.join(failed)}")
 
 
-class _DeclaredCommand(click.Command):
-    """A command whose configuration options are generated from a dataclass of ``qconv.pipeline.configs``
-    (``config``, looked up by name each time the command is parsed or its help shown: a field added to it is a
-    flag, with its help, default and checks, without an edit here). Its own switches are plain click options."""
+class _DeclaredCommand(_GeneratedCommand):
+    """A command whose configuration options come from a dataclass of ``qconv.pipeline.configs`` (``config``,
+    looked up by name when used: a field added to it is a flag, with its help, default and checks)."""
 
     def __init__(self, *args, config: str, optional: tuple[str, ...] = (), **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, generated=self._params, **kwargs)
         self.config_name, self.optional = config, optional
 
     def config(self) -> type:
@@ -90,11 +96,10 @@ class _DeclaredCommand(click.Command):
 
         return getattr(configs, self.config_name)
 
-    def get_params(self, ctx):
+    def _params(self) -> list:
         from qconv.pipeline.options import click_options
 
-        params = super().get_params(ctx)
-        return params[:1] + click_options(self.config(), optional=self.optional) + params[1:]
+        return click_options(self.config(), optional=self.optional)
 
     def config_from(self, ctx, what: str):
         from qconv.pipeline.options import config_from_cli
@@ -153,6 +158,7 @@ def bench_cmd(ctx, artifact, as_json, **options) -> None:
     from qconv.artifact import find_artifact
     from qconv.bench.runner import bench
     from qconv.console import console_on_stderr
+
     config = ctx.command.config_from(ctx, "bench")  # every value against the declaration, before any work
     with console_on_stderr(as_json):
         result = bench(find_artifact(artifact), config)
@@ -245,18 +251,13 @@ def _validate(art, dataset: str, **options) -> dict:
     return validate_dataset(art, dataset, **options)
 
 
-class _ValidateCommand(click.Command):
-    """``qconv validate``: its options are generated from ``ValidateRequest`` (qconv/pipeline/validate_cli.py)
-    when the command is parsed or its help shown, so a task or gate registered after import is there too."""
+def _validate_params() -> list:
+    from qconv.pipeline.validate_cli import validate_params
 
-    def get_params(self, ctx):
-        from qconv.pipeline.validate_cli import validate_params
-
-        params = super().get_params(ctx)
-        return params[:1] + validate_params() + params[1:]
+    return validate_params()
 
 
-@cli.command(cls=_ValidateCommand)
+@cli.command(cls=_GeneratedCommand, generated=_validate_params)
 @click.argument("artifact", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Also print the JSON report on stdout.")
 @click.pass_context

@@ -213,9 +213,8 @@ def test_recover_auto_stops_at_the_first_passing_rung(outlier_copy, monkeypatch)
 
 def test_recover_that_meets_nothing_writes_nothing(artifact_copy, monkeypatch):
     from qconv.convert import recovery
-    from qconv.errors import GateFailed
-
     from qconv.convert.quantize import MODES
+    from qconv.errors import GateFailed
 
     before = sorted(p.name for p in (artifact_copy / "onnx").iterdir())
     monkeypatch.setattr(recovery.RecoveryTarget, "met", lambda self, metrics: False)

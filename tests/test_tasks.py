@@ -311,10 +311,13 @@ def test_the_dummy_task_has_an_export_command(dummy, run_cli, tmp_path):
     code, _, err = run_cli("export", "dummy", "--flavour", "salty")
     assert code == 2 and "Missing option '--model'" in err
     code, _, err = run_cli("export", "dummy", "--model", "m", "--flavour", "bitter")
-    assert code == 2 and err.strip() == "error: --flavour bitter is not supported for qconv export dummy (plain or salty)"
+    expected = "error: --flavour bitter is not supported for qconv export dummy (plain or salty)"
+    assert code == 2 and err.strip() == expected
     assert dummy.calls == []  # checked before the task is asked to do anything
     out_dir = tmp_path / "out"
-    code, _, _ = run_cli("export", "dummy", "--model", "m", "--flavour", "salty", "--output", out_dir, "--revision", "r")
+    code, _, _ = run_cli(
+        "export", "dummy", "--model", "m", "--flavour", "salty", "--output", out_dir, "--revision", "r"
+    )
     assert code == 0
     assert dummy.calls == [("export", "m", str(out_dir), DummyExport("salty"), {"revision": "r", "overwrite": False})]
     run_cli("export", "dummy", "--model", "m", "--overwrite")

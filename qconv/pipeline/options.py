@@ -7,13 +7,14 @@ writes a flag, a check or a command line of its own.
 
 Field metadata (``option(...)``): ``help``; ``key``, the recipe key when it is not the field name (``from``);
 ``flag``, the CLI flag when it is not ``--<key>`` (for a bool whose default is True, the flag that turns it
-off, e.g. ``--per-tensor``; for a bool whose default is False, its one 'on' flag, e.g. ``--offline``); ``choices``; ``range`` (low, high or None; a list's items are checked);
-``file`` (a file path); ``split`` (a list option: each CLI value, or a string given through the Python API, is
-split on this separator, so ``--batch-sizes 1,8`` and ``--batch-sizes 1 --batch-sizes 8`` give the same list);
+off, e.g. ``--per-tensor``; for a bool whose default is False, its one 'on' flag, e.g. ``--offline``);
+``choices``; ``range`` (low, high or None; a list's items are checked); ``file`` (a file path); ``split`` (a
+list option: each CLI value, or a string given through the Python API, is split on this separator, so
+``--batch-sizes 1,8`` and ``--batch-sizes 1 --batch-sizes 8`` give the same list, printed back as ``1,8``);
 ``implied``, the value a default of None stands for (an opset of None is the exporter's 18: shown as the
 default, and a stored 18 is not repeated on a command line); ``always``, a flag a command line always spells
-out even at its default (``--seq-cls``: a reader should not need to know the default); ``noun``, what an unknown value is
-called in messages when not its flag (``unknown optimization level 'O7'``).
+out even at its default (``--seq-cls``: a reader should not need to know the default); ``noun``, what an
+unknown value is called in messages when not its flag (``unknown optimization level 'O7'``).
 
 A command's options come from one dataclass: ``click_options`` makes its click options (a field without a
 default is a required option), ``config_from_cli`` / ``configure`` the checked config from what was given.
@@ -332,9 +333,9 @@ def click_option(entry: Declared, everyone: int, required: bool | None = None):
         kind_type = {"int": int, "float": float}.get(kind, str)
     # A literal's values are checked from the declaration (check_value), in one line: shown, not click's Choice.
     metavar = f"[{'|'.join(map(str, entry.item))}]" if kind == "literal" else None
-    return click.Option(
-        [flag, f.name], type=kind_type, default=None, required=required, metavar=metavar, help=help_text
-    )
+    # An explicit default of None counts as a default in click 8.3+: a required option has none at all.
+    default = {} if required else {"default": None}
+    return click.Option([flag, f.name], type=kind_type, required=required, metavar=metavar, help=help_text, **default)
 
 
 def _splitter(separator: str):

@@ -31,7 +31,8 @@ from qconv.tasks import TASKS, get_task
 # The stage configs are declared in qconv.pipeline.configs; these names are the schema's public face.
 __all__ = [
     "BenchStep",
-    "FallbackStep",     "OptimizeStage",
+    "FallbackStep",
+    "OptimizeStage",
     "PublishTarget",
     "Recipe",
     "Thresholds",

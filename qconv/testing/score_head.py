@@ -8,7 +8,10 @@ precision). A trained reranker separates candidates by several logits.
 
 Planted here: ``W[yes] - W[no]`` is set to the direction along which the last-token state varies most
 *between the documents of one query* (the top principal direction of the states centred per query), scaled
-so the scores of one query's documents spread by ``spread`` logits (standard deviation). The pairs that
+so the scores of one query's documents spread by ``spread`` logits (standard deviation). The direction leaves
+out the planted outlier channels and massive dims: in trained models those are near-constant biases (they carry
+no per-document signal), while in the planted model their post-norm values swing with each token's norm, so an
+unconstrained direction would read almost nothing else and make every rounding of them a score error. The pairs that
 measure it are random token strings in the Qwen3-Reranker template, not any validation or calibration
 text. Both rows keep their mean (the LM head is tied to the embeddings, and both tokens occur in the
 template's prefix), so changing them moves the states a little: a few rounds settle the direction on the
@@ -50,9 +53,12 @@ def _last_states(model, groups):
     return torch.stack([torch.stack(row) for row in rows]).double()  # (queries, documents, hidden)
 
 
-def plant_score_head(model, tokenizer_json: str | Path, *, yes_id: int, no_id: int, seed: int = 0, spread=2.5):
+def plant_score_head(
+    model, tokenizer_json: str | Path, *, yes_id: int, no_id: int, exclude=(), seed: int = 0, spread: float = 2.5
+):
     """Rewrite the ``yes``/``no`` rows of a random ``Qwen3ForCausalLM``'s LM head in place; returns what was
-    planted and measured (for ``qconv_outliers.json``)."""
+    planted and measured (for ``qconv_outliers.json``). ``exclude``: hidden dims the direction must not read
+    (the planted outlier channels and massive dims)."""
     import torch
     from tokenizers import Tokenizer
 
@@ -68,6 +74,7 @@ def plant_score_head(model, tokenizer_json: str | Path, *, yes_id: int, no_id: i
         for _ in range(ROUNDS):
             states = _last_states(model, groups)
             within = (states - states.mean(dim=1, keepdim=True)).reshape(-1, states.shape[-1])
+            within[:, list(exclude)] = 0.0
             direction = torch.linalg.svd(within, full_matrices=False).Vh[0]
             scale = spread / float((within @ direction).std())
             head[yes_id] = (middle + scale * direction / 2).to(head.dtype)

@@ -175,7 +175,8 @@ def create_qwen3_reranker(out: str | Path, *, shape: Qwen3Shape = TINY, seed: in
         # With the outliers, also a trained reranker's score spread: a random head leaves candidates tied.
         vocab = Tokenizer.from_file(str(out / "tokenizer.json"))
         ids = {"yes_id": vocab.token_to_id("yes"), "no_id": vocab.token_to_id("no")}
-        planted["score_head"] = plant_score_head(model, out / "tokenizer.json", seed=seed, **ids)
+        outlier_dims = [planted["trigger_dim"], *planted["massive_dims"], *planted["channel_dims"]]
+        planted["score_head"] = plant_score_head(model, out / "tokenizer.json", exclude=outlier_dims, seed=seed, **ids)
         (out / "qconv_outliers.json").write_text(json.dumps(planted, indent=2), encoding="utf-8")
     model.save_pretrained(out, safe_serialization=True)
     _write_readme(out, "reranker", seed, planted)
