@@ -122,6 +122,40 @@ def test_outlier_model_fp16_holds_and_plain_int8_collapses(outlier_copy):
     assert int8["check"]["cosine_min"] < 0.9
 
 
+def test_outlier_reranker_scores_spread_like_a_trained_one(tmp_path):
+    """The planted score head: one query's documents spread by ~2.5 logits (a random head leaves them tied),
+    measured on fresh random pairs, not the planting ones; the head reads none of the planted outlier dims."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen3ForCausalLM
+
+    from qconv.runtime.template import QWEN3_RERANKER_TEMPLATE
+    from qconv.testing.testmodels import TINY, create_qwen3_reranker
+
+    def within_query_spread(model, seed: int) -> float:
+        from qconv.testing.score_head import _last_states, _pairs
+
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        ends = [tokenizer.encode(t, add_special_tokens=False).ids for t in (template.prefix, template.suffix)]
+        states = _last_states(model, _pairs(*ends, model.config.vocab_size, seed))
+        head = model.get_output_embeddings().weight.detach().double()
+        scores = states @ (head[yes] - head[no])
+        return float((scores - scores.mean(dim=1, keepdim=True)).std())
+
+    template, yes, no = QWEN3_RERANKER_TEMPLATE, 9693, 2152
+    path = create_qwen3_reranker(tmp_path / "r", shape=TINY, outliers=True)
+    planted = json.loads((path / "qconv_outliers.json").read_text())
+    model = Qwen3ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    spread = within_query_spread(model, seed=1234)
+    assert 1.5 <= spread <= 3.5, spread  # held-out random pairs (planted for 2.5 on its own; measured 1.86)
+    head = model.get_output_embeddings().weight.detach()
+    outlier_dims = [planted["trigger_dim"], *planted["massive_dims"], *planted["channel_dims"]]
+    assert float((head[yes] - head[no])[outlier_dims].abs().max()) < 1e-6
+    plain = Qwen3ForCausalLM.from_pretrained(create_qwen3_reranker(tmp_path / "p", shape=TINY), dtype=torch.float32)
+    tied = within_query_spread(plain.eval(), seed=1234)
+    assert tied < spread / 4, (tied, spread)  # a random head: nearly tied (measured 0.32)
+
+
 def test_create_outlier_model_cli(run_cli, tmp_path):
     code, out, err = run_cli(
         "testmodel", "create", tmp_path / "r", "--shape", "tiny", "--kind", "reranker", "--outliers"

@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
@@ -60,7 +61,11 @@ def test_workflow_commands_and_recipes_exist(path):
                 seen += 1
                 command = cli.commands.get(words[0])
                 assert command is not None, f"{path.name}: 'qconv {words[0]}' is not a command"
-                known = {opt for param in command.params for opt in getattr(param, "opts", [])}
+                # get_params: the options generated from the registries' declarations are there too
+                params = command.get_params(click.Context(command))
+                known = {
+                    opt for param in params for opt in getattr(param, "opts", []) + getattr(param, "secondary_opts", [])
+                }
                 for word in words[1:]:
                     if word.startswith("--"):
                         assert word in known, f"{path.name}: qconv {words[0]} has no option {word}"
