@@ -735,6 +735,8 @@ def quantize(
                 raise QconvError(f"{mode} quantization of {source_variant} failed: {one_line(exc)}") from exc
             if calib is not None:
                 info["calibration"] = {"texts": calib.source, "rows": sum(len(b["input_ids"]) for b in calib.batches)}
+                if calib.groups:  # a ranking task: candidates checked on each query's ranking of several documents
+                    info["calibration"]["ranked"] = f"{len(calib.groups)} queries x {len(calib.groups[0])} documents"
             unique_node_names(result)
             staged = work / target.name
             save_model(result, staged, external)

@@ -28,25 +28,37 @@ class RecoveryTarget:
 
     min_cosine: float = 0.98  # embeddings: every pooled vector
     min_cosine_mean: float = 0.995
-    max_rel_score_diff: float = 0.02  # rerankers: |logit difference| / largest |logit|
+    # Rankers (one score per pair, pairs grouped by query): the rankings must hold. A score difference
+    # relative to the largest score says nothing about a ranking (it shrinks with any common offset).
+    min_top1: float = 0.95  # share of queries whose top document stays on top
+    min_rank_spearman: float = 0.98  # mean over queries of the Spearman correlation of the scores
+    max_rel_score_diff: float = 0.02  # one score per row without query groups: |difference| / largest |score|
 
     def met(self, metrics: dict) -> bool:
         if not metrics["finite"]:
             return False
         if metrics.get("cosine_min") is not None:
             return metrics["cosine_min"] >= self.min_cosine and metrics["cosine_mean"] >= self.min_cosine_mean
+        if metrics.get("top1_agreement") is not None:
+            return (
+                metrics["top1_agreement"] >= self.min_top1 and metrics["rank_spearman_mean"] >= self.min_rank_spearman
+            )
         return metrics["max_rel_score_diff"] <= self.max_rel_score_diff
 
 
 @dataclass
 class CalibrationSet:
-    batches: list[dict]
+    batches: list[dict]  # what SmoothQuant's activation ranges and --keep's sensitivity read
     output: str
     reference: list[np.ndarray] = field(default_factory=list)
     source: str = ""
     target: RecoveryTarget = field(default_factory=RecoveryTarget)
     # The model's attention heads (config.json): SmoothQuant needs them to smooth o_proj under GQA.
     layout: AttentionLayout | None = None
+    # What candidates are compared on (None: ``batches``); a ranking task's pairs, query by query, with
+    # ``groups`` the rows of each query (Task.calibration_rankings).
+    checks: list[dict] | None = None
+    groups: list[list[int]] | None = None
 
     @classmethod
     def build(cls, art, src: Path, pairs, source: str) -> CalibrationSet:
@@ -56,16 +68,25 @@ class CalibrationSet:
         from .optimize import model_config
 
         layout = AttentionLayout.from_config(model_config(art))
-        calib = cls(calibration_batches(art, pairs), task_of(art).output, source=source, layout=layout)
+        task = task_of(art)
+        calib = cls(calibration_batches(art, pairs), task.output, source=source, layout=layout)
+        rankings = task.calibration_rankings(pairs)
+        if rankings is not None:
+            ranked, calib.groups = rankings
+            calib.checks = calibration_batches(art, ranked)
         calib.reference = calib.outputs(src)
         return calib
+
+    @property
+    def compared(self) -> list[dict]:
+        return self.checks if self.checks is not None else self.batches
 
     def outputs(self, path: Path, timings: list | None = None) -> list[np.ndarray]:
         from qconv.runtime.embedder import open_session
 
         session = open_session(path, ["CPUExecutionProvider"])
         inputs = {i.name for i in session.get_inputs()}
-        feeds = [{k: v for k, v in b.items() if k in inputs} for b in self.batches]
+        feeds = [{k: v for k, v in b.items() if k in inputs} for b in self.compared]
         session.run([self.output], feeds[0])  # warm-up, not timed
         started = time.perf_counter()
         outputs = [session.run([self.output], f)[0] for f in feeds]
@@ -76,15 +97,17 @@ class CalibrationSet:
     def compare(self, outputs: list[np.ndarray]) -> dict:
         from qconv.numerics import cosine_rows
 
-        got = np.concatenate([_pooled(o, b["attention_mask"]) for o, b in zip(outputs, self.batches)])
-        want = np.concatenate([_pooled(o, b["attention_mask"]) for o, b in zip(self.reference, self.batches)])
+        got = np.concatenate([_pooled(o, b["attention_mask"]) for o, b in zip(outputs, self.compared)])
+        want = np.concatenate([_pooled(o, b["attention_mask"]) for o, b in zip(self.reference, self.compared)])
         result = {"finite": bool(np.isfinite(got).all()), "rows": int(got.shape[0])}
         if got.shape[1] > 1:
             cos = cosine_rows(got.astype(np.float64), want.astype(np.float64))
             result.update(cosine_min=float(cos.min()), cosine_mean=float(cos.mean()))
-        else:
-            diff = np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6)
-            result.update(max_rel_score_diff=float(diff))
+            return result
+        diff = np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-6)
+        result.update(max_rel_score_diff=float(diff))
+        if self.groups:
+            result.update(ranking_agreement(got[:, 0], want[:, 0], self.groups))
         return result
 
     def evaluate(self, model, work: Path, name: str, external: bool) -> dict:
@@ -112,9 +135,36 @@ def _pooled(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return output.reshape(output.shape[0], -1)
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(np.float64)
+
+
+def ranking_agreement(got: np.ndarray, want: np.ndarray, groups: list[list[int]]) -> dict:
+    """How a candidate's scores keep the source's rankings: per query (``groups``: its rows), whether the top
+    document stays on top, and the Spearman correlation of the scores (ties broken by position)."""
+    top1, spearman = [], []
+    for rows in groups:
+        g, w = got[rows], want[rows]
+        top1.append(int(np.argmax(g)) == int(np.argmax(w)))
+        rg, rw = _ranks(g) - (len(rows) - 1) / 2, _ranks(w) - (len(rows) - 1) / 2
+        denominator = float(np.sqrt((rg * rg).sum() * (rw * rw).sum()))
+        spearman.append(float((rg * rw).sum()) / denominator if denominator else 1.0)
+    return {
+        "queries": len(groups),
+        "top1_agreement": float(np.mean(top1)),
+        "rank_spearman_mean": float(np.mean(spearman)),
+        "rank_spearman_min": float(np.min(spearman)),
+    }
+
+
 def describe(metrics: dict) -> str:
     if metrics.get("cosine_min") is not None:
         return f"cos_min {metrics['cosine_min']:.4f} cos_mean {metrics['cosine_mean']:.4f}"
+    if metrics.get("top1_agreement") is not None:
+        return (
+            f"top-1 {metrics['top1_agreement']:.3f} spearman {metrics['rank_spearman_mean']:.4f} "
+            f"({metrics['queries']} queries)"
+        )
     return f"rel score diff {metrics['max_rel_score_diff']:.4f}"
 
 
@@ -122,6 +172,8 @@ def score(metrics: dict) -> tuple:
     """Larger is better."""
     if metrics.get("cosine_min") is not None:
         return (metrics["finite"], metrics["cosine_min"], metrics["cosine_mean"])
+    if metrics.get("top1_agreement") is not None:
+        return (metrics["finite"], metrics["top1_agreement"], metrics["rank_spearman_mean"])
     return (metrics["finite"], -metrics["max_rel_score_diff"])
 
 

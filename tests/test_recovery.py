@@ -76,6 +76,30 @@ def test_calibration_texts_are_disjoint_from_validation_data():
     assert not any(c in s for c in calibration for s in seen if len(c) > 20)
 
 
+def test_rerankers_are_calibrated_on_rankings():
+    """A reranker's ladder target reads rankings: each calibration query with several of qconv's documents, top-1
+    and Spearman per query. A common score offset, which the old |difference| / largest |score| rewarded, is
+    nothing to a ranking; one swapped top document is."""
+    from qconv.convert.calibration import CALIBRATION_PAIRS
+    from qconv.convert.recovery import RecoveryTarget, ranking_agreement
+    from qconv.tasks import get_task
+
+    ranked, groups = get_task("reranker").calibration_rankings(CALIBRATION_PAIRS)
+    assert len(groups) == len(CALIBRATION_PAIRS) and all(len(g) == 8 for g in groups)
+    assert ranked[groups[3][0]] == CALIBRATION_PAIRS[3]  # each query with its own document first
+    assert {d for _, d in ranked} <= {d for _, d in CALIBRATION_PAIRS}  # nothing from a validation set
+    assert get_task("embedding").calibration_rankings(CALIBRATION_PAIRS) is None
+
+    want = np.array([3.0, 1.0, 2.0, 0.5, -1.0, 0.0])
+    groups = [[0, 1, 2], [3, 4, 5]]
+    same = ranking_agreement(want + 100.0, want, groups)  # an offset keeps every ranking
+    assert same["top1_agreement"] == 1.0 and same["rank_spearman_mean"] == pytest.approx(1.0)
+    swapped = ranking_agreement(np.array([1.0, 3.0, 2.0, 0.5, -1.0, 0.0]), want, groups)
+    assert swapped["top1_agreement"] == 0.5 and swapped["rank_spearman_min"] == pytest.approx(-1.0)  # 3 rows
+    target = RecoveryTarget()
+    assert target.met({"finite": True, **same}) and not target.met({"finite": True, **swapped})
+
+
 def test_smooth_recovers_int8_on_the_outlier_model(outlier_copy):
     plain, plain_entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET))
     variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET, smooth="0.8"))

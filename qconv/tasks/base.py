@@ -140,6 +140,12 @@ class Task:
         pad id that batches them (convert/calibration.py pads them on the manifest's padding side)."""
         raise NotImplementedError
 
+    def calibration_rankings(self, pairs: Sequence[tuple[str, str]]) -> tuple[list, list[list[int]]] | None:
+        """For a task that ranks documents per query: the pairs a recovered variant is checked on (each query
+        with several documents) and the rows of each query, so the ladder's target reads rankings. None: the
+        outputs are compared row by row."""
+        return None
+
     def one_input_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Calibration pairs reduced so that each makes exactly one input sequence (the batch-coupling
         measurement compares a text alone with the same text in a batch)."""

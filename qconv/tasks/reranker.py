@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from qconv.pipeline.options import option
 
@@ -139,6 +140,19 @@ class RerankerTask(Task):
 
     def pad_id(self, art) -> int:
         return int(art.manifest["reranker"]["pad_token_id"])
+
+    # Documents per calibration query when the ladder checks rankings: its own and the next ones' (qconv's
+    # calibration documents, none from a validation set).
+    calibration_documents: ClassVar[int] = 8
+
+    def calibration_rankings(self, pairs):
+        documents = [d for _, d in pairs]
+        count = min(self.calibration_documents, len(documents))
+        ranked, groups = [], []
+        for i, (query, _) in enumerate(pairs):
+            groups.append(list(range(len(ranked), len(ranked) + count)))
+            ranked += [(query, documents[(i + j) % len(documents)]) for j in range(count)]
+        return ranked, groups
 
     bench_unit = "pairs/s"
     # The baseline is the causal LM the seq-cls head is cut from: its last position's logits.
