@@ -136,9 +136,9 @@ def check_value(f: dataclasses.Field, tp, value, what: str) -> str | None:
     return None
 
 
-def to_argv(config, skip: tuple[str, ...] = (), always: tuple[str, ...] = ()) -> list[str]:
+def to_argv(config, skip: tuple[str, ...] = ()) -> list[str]:
     """The CLI arguments that give ``config``: every option whose value differs from its declared default (and
-    those named in ``always``, whatever their value)."""
+    those declared ``always``, whatever their value)."""
     hints = typing.get_type_hints(type(config))
     argv: list[str] = []
     for f in public_fields(config):
@@ -164,12 +164,15 @@ def to_argv(config, skip: tuple[str, ...] = (), always: tuple[str, ...] = ()) ->
     return argv
 
 
-def check_config(config, what: str) -> None:
-    """Every value of ``config`` against its declaration (allowed values, ranges), in the CLI's words."""
+def check_config(config, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Every value of ``config`` (but those in ``skip``) against its declaration (allowed values, ranges), in the
+    CLI's words."""
     from qconv.errors import QconvError
 
     hints = typing.get_type_hints(type(config))
     for f in public_fields(config):
+        if f.name in skip:
+            continue
         problem = check_value(f, hints[f.name], getattr(config, f.name), what)
         if problem:
             raise QconvError(problem)

@@ -9,7 +9,6 @@ so a task registered after import (a plugin, a test) adds its flags.
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 
 def task_options() -> dict:
@@ -37,20 +36,15 @@ def validate_params() -> list:
 
 def request_from_cli(ctx):
     """(the ``ValidateRequest`` of the options given, the names given): declared values checked (exit 2)."""
-    from qconv.errors import QconvError
     from qconv.pipeline.configs import validate_request_class
-    from qconv.pipeline.options import check_value, given_values
+    from qconv.pipeline.options import check_config, given_values
 
     tp = validate_request_class()
     given = given_values(ctx, [f.name for f in dataclasses.fields(tp)])
-    hints, specific = typing.get_type_hints(tp), task_options()
-    for f in dataclasses.fields(tp):
-        if f.name in specific:
-            continue  # checked against the declaring task's field for each dataset (task_values)
-        why = check_value(f, hints[f.name], given.get(f.name), "qconv validate")
-        if why:
-            raise QconvError(why)
-    return tp(**given), set(given)
+    request = tp(**given)
+    # The task options are checked against the declaring task's field for each dataset (task_values).
+    check_config(request, "qconv validate", skip=tuple(task_options()))
+    return request, set(given)
 
 
 def only_for(task: str, dataset: str, given: dict) -> None:
@@ -67,15 +61,12 @@ def only_for(task: str, dataset: str, given: dict) -> None:
 def task_values(task, request, given: set[str]) -> tuple[dict, dict]:
     """(the other tasks' options given, the task's own options of ``request``): its own checked against its
     declaration, with its declared defaults where not given."""
-    from qconv.errors import QconvError
-    from qconv.pipeline.options import check_value
+    from qconv.pipeline.options import check_config
 
-    declared = {f.name: f for f in dataclasses.fields(task.validate_options)} if task.validate_options else {}
+    declared = {f.name for f in dataclasses.fields(task.validate_options)} if task.validate_options else set()
     others = {name: getattr(request, name) for name in task_options() if name in given and name not in declared}
-    mine = {name: getattr(request, name) for name in declared if name in given}
-    hints = typing.get_type_hints(task.validate_options) if declared else {}
-    for name, value in mine.items():
-        why = check_value(declared[name], hints[name], value, f"the {task.name} task")
-        if why:
-            raise QconvError(why)
-    return others, (dataclasses.asdict(task.validate_options(**mine)) if declared else {})
+    if not declared:
+        return others, {}
+    own = task.validate_options(**{name: getattr(request, name) for name in declared if name in given})
+    check_config(own, f"the {task.name} task")
+    return others, dataclasses.asdict(own)
