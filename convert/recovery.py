@@ -135,23 +135,20 @@ def _pooled(output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return output.reshape(output.shape[0], -1)
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(np.float64)
-
-
 def ranking_agreement(got: np.ndarray, want: np.ndarray, groups: list[list[int]]) -> dict:
     """How a candidate's scores keep the source's rankings: per query (``groups``: its rows), whether the top
-    document stays on top, and the Spearman correlation of the scores (ties broken by position)."""
-    top1, spearman = [], []
-    for rows in groups:
-        g, w = got[rows], want[rows]
-        top1.append(int(np.argmax(g)) == int(np.argmax(w)))
-        rg, rw = _ranks(g) - (len(rows) - 1) / 2, _ranks(w) - (len(rows) - 1) / 2
-        denominator = float(np.sqrt((rg * rg).sum() * (rw * rw).sum()))
-        spearman.append(float((rg * rw).sum()) / denominator if denominator else 1.0)
+    document stays on top and the Spearman correlation of the scores; validation's per-query agreement
+    (``qconv.numerics.query_parity``), so the ladder and ``qconv validate`` read rankings the same way. A query
+    whose scores are constant has no Spearman (NaN): it makes the mean NaN, which meets no target."""
+    from qconv.numerics import query_parity
+
+    per_query = query_parity(
+        [want[rows] for rows in groups], [got[rows] for rows in groups], [[str(r) for r in rows] for rows in groups]
+    )
+    spearman = [q["spearman"] for q in per_query]
     return {
         "queries": len(groups),
-        "top1_agreement": float(np.mean(top1)),
+        "top1_agreement": float(np.mean([q["top1_agrees"] for q in per_query])),
         "rank_spearman_mean": float(np.mean(spearman)),
         "rank_spearman_min": float(np.min(spearman)),
     }

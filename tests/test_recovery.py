@@ -98,6 +98,8 @@ def test_rerankers_are_calibrated_on_rankings():
     assert swapped["top1_agreement"] == 0.5 and swapped["rank_spearman_min"] == pytest.approx(-1.0)  # 3 rows
     target = RecoveryTarget()
     assert target.met({"finite": True, **same}) and not target.met({"finite": True, **swapped})
+    flat = ranking_agreement(np.array([1.0, 1.0, 1.0, 0.5, -1.0, 0.0]), want, groups)  # one query all ties
+    assert not target.met({"finite": True, **flat})  # no Spearman there: the mean is NaN, no target met
 
 
 def test_smooth_recovers_int8_on_the_outlier_model(outlier_copy):

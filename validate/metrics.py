@@ -5,21 +5,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+# The rank agreement helpers live in qconv.numerics: the quantize stage's recovery ladder reads them too.
 from qconv.numerics import cosine_rows as cosine_pairs
+from qconv.numerics import pearson, query_parity, ranking, rerank_parity, spearman
 
-
-def _corr(fn, x, y) -> float:
-    if np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")  # a constant vector has no defined correlation; NaN fails any gate
-    return float(fn(x, y)[0])
-
-
-def spearman(x, y) -> float:
-    return _corr(stats.spearmanr, np.asarray(x), np.asarray(y))
-
-
-def pearson(x, y) -> float:
-    return _corr(stats.pearsonr, np.asarray(x), np.asarray(y))
+__all__ = ["cosine_pairs", "pearson", "query_parity", "ranking", "rerank_parity", "spearman"]
 
 
 # Pairs of identical texts have cosine 1 up to ~1e-16 of rounding, and that noise, not the model, would
@@ -46,17 +36,6 @@ def embedding_parity(candidate: np.ndarray, reference: np.ndarray) -> dict[str, 
         "max_abs_diff": float(np.abs(candidate.astype(np.float64) - reference).max()),
         "finite": bool(np.isfinite(candidate).all()),
     }
-
-
-def ranking(scores, doc_ids) -> np.ndarray:
-    """Indices by descending score, ties by descending document id: trec_eval's order (the tests check it against
-    trec_eval), so the rank of a tied passage never depends on where it sat in the candidate list."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if len(doc_ids) != len(scores):
-        raise ValueError(f"{len(scores)} scores for {len(doc_ids)} document ids")
-    # lexsort's last key is the primary one: score descending, then the id's rank (ascending order) descending.
-    id_rank = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object), kind="stable"), kind="stable")
-    return np.lexsort((-id_rank, -scores))
 
 
 def rank_metrics(
@@ -86,35 +65,6 @@ def rank_metrics(
             }
         )
     return results
-
-
-def query_parity(reference: list[np.ndarray], candidate: list[np.ndarray], doc_ids: list[list[str]], k: int = 10):
-    """Per-query agreement between two scorers over the same candidates: one dict per query."""
-    rows = []
-    for r, c, ids in zip(reference, candidate, doc_ids):
-        ref_order, cand_order = ranking(r, ids), ranking(c, ids)
-        rows.append(
-            {
-                "spearman": spearman(c, r) if len(r) > 1 else float("nan"),
-                "max_abs_diff": float(np.abs(np.asarray(c, dtype=np.float64) - r).max()),
-                "top1_agrees": bool(ref_order[0] == cand_order[0]),
-                f"identical_top{k}": bool(np.array_equal(ref_order[:k], cand_order[:k])),
-            }
-        )
-    return rows
-
-
-def rerank_parity(per_query: list[dict], candidate: list[np.ndarray], k: int = 10) -> dict[str, float]:
-    """The per-query agreement (``query_parity``) summarised over queries."""
-    spearmans = [q["spearman"] for q in per_query if not np.isnan(q["spearman"])]
-    return {
-        "n_scores": int(sum(len(c) for c in candidate)),
-        "max_abs_diff": float(max(q["max_abs_diff"] for q in per_query)),
-        "mean_query_spearman": float(np.mean(spearmans)) if spearmans else float("nan"),
-        "top1_agreement": float(np.mean([q["top1_agrees"] for q in per_query])),
-        f"identical_top{k}_fraction": float(np.mean([q[f"identical_top{k}"] for q in per_query])),
-        "finite": bool(all(np.isfinite(c).all() for c in candidate)),
-    }
 
 
 def worst(values, n: int = 5, *, highest: bool = False) -> list[int]:
