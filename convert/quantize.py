@@ -566,10 +566,9 @@ def _matching_nodes(model, patterns: list[str]) -> set[str]:
             if fnmatch.fnmatchcase(n.name, pattern) or fnmatch.fnmatchcase(module_scope(n), pattern)
         }
         if not hits:
-            raise QconvError(
-                f"--exclude '{pattern}' matches no node name or module (modules look like "
-                f"'model.layers.0.mlp.down_proj')"
-            )
+            example = next((m for m in map(module_scope, model.graph.node) if ".layers." in m), "")
+            like = f" (modules look like '{example}')" if example else ""
+            raise QconvError(f"--exclude '{pattern}' matches no node name or module{like}")
         matched |= hits
     return matched
 
@@ -865,9 +864,12 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
         ranges = smoothquant.ranges_of(samples)
         smoothed, summary = smoothquant.smooth(model, groups, ranges, None, samples, sim)
         del samples
-        alpha, chosen_by = "per site", (
-            "each site's smallest MatMul output error under the mode's stand-in (convert/fake_quant.py), "
-            f"alphas {', '.join('none' if a is None else str(a) for a in smoothquant.SITE_ALPHAS)}"
+        alpha, chosen_by = (
+            "per site",
+            (
+                "each site's smallest MatMul output error under the mode's stand-in (convert/fake_quant.py), "
+                f"alphas {', '.join('none' if a is None else str(a) for a in smoothquant.SITE_ALPHAS)}"
+            ),
         )
     else:
         ranges = smoothquant.activation_ranges(model, groups, calib.batches, work)
@@ -941,9 +943,10 @@ def _kept_by_pattern(model, keep: str, excluded: set[str]) -> tuple[set[str], li
         if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(module_scope(nodes[name]), pattern)
     }
     if not kept:
-        raise QconvError(
-            f"--keep '{keep}' matches no weight MatMul (node names or modules like 'model.layers.2.mlp.down_proj')"
-        )
+        # An example from this graph: a seq-cls reranker's modules read 'classifier.model.layers.0...'.
+        example = next((m for m in map(module_scope, map(nodes.get, _weight_matmuls(model, excluded))) if m), "")
+        like = f"modules like '{example}'" if example else "modules"
+        raise QconvError(f"--keep '{keep}' matches no weight MatMul (node names or {like})")
     return kept, [{"node": n, "module": module_scope(nodes[n]), "why": "named by --keep"} for n in sorted(kept)]
 
 

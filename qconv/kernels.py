@@ -292,7 +292,7 @@ def _matmul_flops_per_token(node, initializers: dict) -> int:
 
 ADVICE = [
     (
-        {"DynamicQuantizeLinear", "MatMulInteger"},
+        {"DynamicQuantizeLinear", "MatMulInteger", "MatMulIntegerToFloat"},  # per-tensor and per-token INT8
         ("CUDAExecutionProvider", "TensorrtExecutionProvider"),
         "INT8 dynamic quantization does not run on {short}: use the q4f16 or fp16 variant for GPUs",
     ),

@@ -67,7 +67,9 @@ def test_rows_are_quantized_alone_and_match_a_per_row_reference(tmp_path):
     assert per_token_activations(model) == 1  # one shared input, one rewrite
     onnx.checker.check_model(model)
     ops = [n.op_type for n in model.graph.node]
-    assert "DynamicQuantizeLinear" not in ops and ops.count("MatMulInteger") == 2
+    assert "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops and "Cast" not in ops
+    # the epilogue fused: each MatMul is one MatMulIntegerToFloat (weight scale inside) and one Mul by the row scale
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("Mul") == 2
 
     x = rng.standard_normal((2, 5, K)).astype(np.float32)
     x[0, 0, :2] = 1e4  # one massive token: the per-tensor step would be ~80

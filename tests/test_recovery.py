@@ -187,7 +187,9 @@ def test_per_token_activations_remove_batch_coupling(outlier_copy):
     _, plain = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET))
     variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET, activations="per-token"))
     assert variant == f"qint8_{PRESET}_pt" and entry["options"]["activations"] == "per-token"
-    assert entry["op_counts"]["MatMulInteger"] == plain["op_counts"]["MatMulInteger"]
+    # every INT8 MatMul of the plain graph, its epilogue fused (weight scale in the GEMM, then the row scale)
+    assert entry["op_counts"]["MatMulIntegerToFloat"] == plain["op_counts"]["MatMulInteger"]
+    assert "MatMulInteger" not in entry["op_counts"]
     assert "DynamicQuantizeLinear" not in entry["op_counts"] and entry["details"]["per_token_inputs"] > 0
     coupling, before = entry["details"]["batch_coupling"], plain["details"]["batch_coupling"]
     # a text's output no longer depends on its batch or padding (beyond the fp32 source's own rounding)
@@ -288,7 +290,11 @@ def test_bad_recovery_input_is_one_line_and_writes_nothing(artifact_copy, run_cl
         (["--mode", "fp16", "--smooth", "0.8"], "--smooth applies to --mode int8 or q8"),
         (["--mode", "int8", "--smooth", "auto", "--calibration", tmp_path / "nope.txt"], "does not exist"),
         (["--mode", "int8", "--recover", "auto", "--calibration", empty], "has no texts"),
-        (["--mode", "int8", "--keep", "model.layers.9.*"], "matches no weight MatMul"),
+        # the message names a module of this graph, to copy the spelling from
+        (
+            ["--mode", "int8", "--keep", "model.layers.9.*"],
+            "matches no weight MatMul (node names or modules like 'model.layers.0.self_attn.q_proj')",
+        ),
         (["--mode", "q4", "--recover", "auto"], "--recover auto starts from --mode int8"),
         (["--mode", "q8", "--accuracy-level", "2"], "--accuracy-level 2 is not supported for q8"),
         (["--mode", "int8", "--activations", "per-row"], "unknown --activations 'per-row'"),
