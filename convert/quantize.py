@@ -356,6 +356,8 @@ class Int8Dynamic(QuantizationMode):
         with _without_preprocess_advice():
             try:
                 quantize_dynamic(str(staged), str(out), **kwargs)
+            except OSError:
+                raise  # a full disk or a permission is no shape-inference gap: a retry would only write more
             except Exception as exc:
                 # Graphs rewritten by ORT's optimizer lose value types that the quantizer's shape inference
                 # needs ("Unable to find data type for weight_name"); ORT's pre-processing restores them.

@@ -211,6 +211,29 @@ def test_failed_quantization_leaves_no_file(artifact_copy, monkeypatch):
     assert (artifact_copy / "qconv.json").read_bytes() == manifest_before
 
 
+def test_a_full_disk_is_not_retried(artifact_copy, monkeypatch):
+    """quantize_dynamic is retried after ORT's pre-processing only for the shape-inference gap of optimized
+    graphs; an OS error (here ENOSPC) fails at once, in one line, and leaves the artifact as it was."""
+    import errno
+
+    import onnxruntime.quantization as ort_quantization
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    before = sorted(p.name for p in (artifact_copy / "onnx").iterdir())
+    calls = []
+
+    def full(*args, **kwargs):
+        calls.append("quantize_dynamic")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ort_quantization, "quantize_dynamic", full)
+    monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *a, **k: calls.append("pre_process"))
+    with pytest.raises(QconvError, match="int8 quantization of model failed: .*No space left on device"):
+        quantize(artifact_copy, "int8", options=QuantizeOptions(preset="avx2"))
+    assert calls == ["quantize_dynamic"]
+    assert sorted(p.name for p in (artifact_copy / "onnx").iterdir()) == before
+
+
 def test_nan_variant_is_refused(artifact_copy, monkeypatch):
     from onnx import numpy_helper
 
