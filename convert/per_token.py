@@ -131,7 +131,7 @@ def per_token_activations(model) -> int:
             out_mul.input[:] = [rows, weight_scale]
     if added and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    removed = {out for n in graph.node if id(n) in dropped for out in n.output}
+    removed = {out for n in graph.node if id(n) in dropped for out in n.output} - {o for n in added for o in n.output}
     rebuilt = [n for n in rebuilt if id(n) not in dropped] + added
     graph.ClearField("node")
     graph.node.extend(_topological(rebuilt))
