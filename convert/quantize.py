@@ -952,6 +952,9 @@ def _kept_by_pattern(model, keep: str, excluded: set[str]) -> tuple[set[str], li
     return kept, [{"node": n, "module": module_scope(nodes[n]), "why": "named by --keep"} for n in sorted(kept)]
 
 
+KEEP_PLATEAU = 2  # --keep auto stops after this many doublings without a better calibration score
+
+
 def _kept(spec, model, src, options, excluded, work, calib, external):
     """Weight MatMuls to keep fp32: named (patterns), the N most sensitive, or as many as the target needs."""
     from .recovery import describe, log, public, score, sensitivity
@@ -965,20 +968,31 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
     # INT8 for a mode without a stand-in).
     ranking = sensitivity(model, candidates, calib.batches, work, spec.fake_quant(options) or FakeQuant())
     nodes = {n.name: n for n in model.graph.node}
-    steps, final = [], None
+    steps, final, stopped = [], None, None
     if keep.isdigit():
         count = min(int(keep), len(ranking))
     else:
-        count, limit, best = 0, max(1, len(ranking) // 4), None
-        for size in sorted({min(2**i, limit) for i in range(0, 12)}):
+        count, limit, best, flat = 0, max(1, len(ranking) // 4), None, 0
+        sizes = sorted({min(2**i, limit) for i in range(0, 12)})
+        for size in sizes:
             top = {r["node"] for r in ranking[:size]}
             metrics = _candidate(spec, model, src, options, excluded | top, work, f"keep{size}", calib, external)
             log(f"keep {size} most sensitive MatMul(s) fp32: {describe(metrics)}")
             steps.append({"kept": size, **public(metrics)})
             # The first step that meets the target, else the best step tried.
-            wins = best is None or score(metrics) > score(best[1]) or metrics["meets_target"]
-            best = _keep_better(best, (size, metrics), wins)
+            improved = best is None or score(metrics) > score(best[1])
+            best = _keep_better(best, (size, metrics), improved or metrics["meets_target"])
             if metrics["meets_target"]:
+                break
+            flat = 0 if improved else flat + 1
+            if flat == KEEP_PLATEAU and size != sizes[-1]:
+                # An error spread over every layer (seen on outlier rerankers: keeping 1 or 32 of 196 MatMuls
+                # read the same rankings) is not found by keeping more; each step is a whole quantized model.
+                stopped = (
+                    f"{KEEP_PLATEAU} doublings in a row did not improve on keeping {best[0]}: "
+                    "the error is not in a few MatMuls"
+                )
+                log(f"keep: stopped, {stopped}")
                 break
         count, final = best
     kept_rows = [
@@ -997,6 +1011,7 @@ def _kept(spec, model, src, options, excluded, work, calib, external):
             "sensitivity": "relative output error of the MatMul alone under dynamic INT8, on calibration activations",
             "nodes": kept_rows,
             "steps": steps,
+            **({"stopped": stopped} if stopped else {}),
             "most_sensitive": ranking[:10],
         },
         final,

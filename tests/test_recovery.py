@@ -183,6 +183,37 @@ def test_keep_n_follows_the_sensitivity_ranking_and_the_proxy_ranks_like_the_exa
     assert min(top) > max(bottom)
 
 
+@pytest.mark.parametrize(
+    ("cosines", "tried", "kept"),
+    [
+        # no better than keeping 1 after two more doublings: stop (the error is not in a few MatMuls)
+        ([0.90, 0.85, 0.89, 0.99, 0.99], [1, 2, 4], 1),
+        # a gain resets the count: 4 beats 1, then 8 and 10 (a quarter of 42) do not, and the search ends anyway
+        ([0.90, 0.85, 0.91, 0.88, 0.87], [1, 2, 4, 8, 10], 4),
+        ([0.90, 0.85, 0.91, 0.88, 0.87, 0.99], [1, 2, 4, 8, 10], 4),
+    ],
+)
+def test_keep_auto_stops_when_keeping_more_stops_helping(outlier_copy, monkeypatch, cosines, tried, kept):
+    from qconv.convert import quantize as quantize_module
+
+    build, calls = quantize_module._candidate, []
+
+    def candidate(*args, **kwargs):
+        metrics = build(*args, **kwargs)
+        calls.append(args[6])  # the step's folder name
+        metrics.update(cosine_min=cosines[len(calls) - 1], cosine_mean=cosines[len(calls) - 1], meets_target=False)
+        return metrics
+
+    monkeypatch.setattr(quantize_module, "_candidate", candidate)
+    _, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET, keep="auto"))
+    record = entry["details"]["kept"]
+    assert [s["kept"] for s in record["steps"]] == tried and calls == [f"keep{n}" for n in tried]
+    assert len(record["nodes"]) == kept == len(_weight_matmuls(outlier_copy / entry["file"])[0])
+    assert ("stopped" in record) == (tried == [1, 2, 4])
+    if tried == [1, 2, 4]:
+        assert record["stopped"].startswith("2 doublings in a row did not improve on keeping 1")
+
+
 def test_per_token_activations_remove_batch_coupling(outlier_copy):
     _, plain = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET))
     variant, entry = quantize(outlier_copy, "int8", options=QuantizeOptions(preset=PRESET, activations="per-token"))
