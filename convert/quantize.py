@@ -892,7 +892,7 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
         "chosen_by": chosen_by,
         "searched": searched,
         "sites": len(summary),
-        "by_site": {site: sum(1 for s in summary if s["site"].split(" (")[0] == site) for site in _sites(summary)},
+        "by_site": {kind: sum(1 for s in summary if s["kind"] == kind) for kind in _sites(summary)},
         "scale_min": min(s["scale_min"] for s in summary),
         "scale_max": max(s["scale_max"] for s in summary),
         "o_proj": _o_proj_note(summary),
@@ -910,7 +910,7 @@ def _smoothed(spec, model, src, options, excluded, work, calib, external, memo=N
 
 
 def _o_proj_note(summary) -> str:
-    smoothed = sum(1 for s in summary if s["site"].startswith("attention output"))
+    smoothed = sum(1 for s in summary if s["kind"] == "attention output")
     if smoothed:
         return f"{smoothed} smoothed through v_proj (one scale per value channel, shared by its query heads)"
     return "not smoothed (no attention output reached from a value projection by layout ops alone)"
@@ -921,13 +921,13 @@ def _site_alphas(summary) -> dict[str, dict[str, int]]:
     table: dict[str, dict[str, int]] = {}
     for row in summary:
         chosen = "none" if row["alpha"] is None else str(row["alpha"])
-        kind = table.setdefault(row["site"].split(" (")[0], {})
+        kind = table.setdefault(row["kind"], {})
         kind[chosen] = kind.get(chosen, 0) + 1
     return table
 
 
 def _sites(summary) -> list[str]:
-    return sorted({s["site"].split(" (")[0] for s in summary})
+    return sorted({s["kind"] for s in summary})
 
 
 def _keep_is_pattern(keep: str | None) -> bool:
@@ -1072,7 +1072,16 @@ def _recover(art, model, src, options, excluded, work, calib, external):
                 "target": asdict(calib.target),
                 "candidates": tried,
                 "order": [r.name for r in LADDER],
+                "source_latency_ms": calib.source_latency_ms,
             }
+            speedup = metrics.get("speedup_vs_source")
+            if speedup is not None and speedup < 1:
+                # Accurate but no faster than fp32 here: say so rather than let "recovered INT8" imply speed.
+                info["recovery"]["note"] = (
+                    f"{rung.name} ran at {speedup}x the fp32 source's speed on the calibration batches on this "
+                    "host: it saves memory, not time (qconv bench measures it)"
+                )
+                console.print(f"[yellow]--recover auto: {info['recovery']['note']}[/]")
             info["mode"] = rung.mode
             info["batch_coupling"] = coupling
             return result, info, spec

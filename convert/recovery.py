@@ -59,6 +59,9 @@ class CalibrationSet:
     # ``groups`` the rows of each query (Task.calibration_rankings).
     checks: list[dict] | None = None
     groups: list[list[int]] | None = None
+    # The fp32 source on the same batches, timed like a candidate: a rung that is not faster than its source
+    # saves memory, not time (8-bit weight-only at fp32 compute on AVX2 hosts).
+    source_latency_ms: float | None = None
 
     @classmethod
     def build(cls, art, src: Path, pairs, source: str) -> CalibrationSet:
@@ -74,7 +77,9 @@ class CalibrationSet:
         if rankings is not None:
             ranked, calib.groups = rankings
             calib.checks = calibration_batches(art, ranked)
-        calib.reference = calib.outputs(src)
+        timings: list[float] = []
+        calib.reference = calib.outputs(src, timings)
+        calib.source_latency_ms = round(timings[0] * 1000, 1)
         return calib
 
     @property
@@ -121,6 +126,8 @@ class CalibrationSet:
         metrics = self.compare(outputs)
         # All calibration batches once after a warm-up: a rough CPU figure to order rungs, not a benchmark.
         metrics["latency_ms"] = round(timings[0] * 1000, 1)
+        if self.source_latency_ms:
+            metrics["speedup_vs_source"] = round(self.source_latency_ms / max(metrics["latency_ms"], 0.1), 2)
         metrics["meets_target"] = self.target.met(metrics)
         metrics["path"] = path
         return metrics

@@ -87,7 +87,8 @@ class SmoothGroup:
     matmuls: list[str]  # nodes reading it; their weight rows are multiplied by s
     divide_vectors: list[str] = field(default_factory=list)  # 1-D initializers divided by s (gamma, beta)
     divide_columns: str | None = None  # 2-D initializer whose columns are divided by s (up_proj's weight)
-    site: str = ""
+    site: str = ""  # where the fold goes, for people ("Mul (gated MLP, up = /model/.../up_proj/MatMul)")
+    kind: str = ""  # the site's kind, for summaries: a norm's op type, "norm gamma", "gated MLP", "attention output"
     # o_proj: the value column each activation channel reads; the scale is chosen per value column and
     # ``divide_vectors`` / ``divide_columns`` (v_proj's bias / weight) are in value columns.
     value_channel: np.ndarray | None = None
@@ -206,7 +207,7 @@ def find_groups(model, layout: AttentionLayout | None = None) -> list[SmoothGrou
         producer = g.producer.get(activation)
         if producer is None:
             continue
-        group = SmoothGroup(activation, [r.name for r in readers], site=producer.op_type)
+        group = SmoothGroup(activation, [r.name for r in readers], site=producer.op_type, kind=producer.op_type)
         if producer.op_type in NORM_SCALE_INPUTS and producer.output[0] == activation:
             gamma_at, beta_at = NORM_SCALE_INPUTS[producer.op_type]
             vectors = [producer.input[gamma_at]]
@@ -219,7 +220,7 @@ def find_groups(model, layout: AttentionLayout | None = None) -> list[SmoothGrou
             constant = [i for i in producer.input if g.private_vector(i, producer, channels)]
             if constant:
                 group.divide_vectors = constant[:1]
-                group.site = "Mul (norm gamma)"
+                group.site, group.kind = "Mul (norm gamma)", "norm gamma"
                 groups.append(group)
                 continue
             for operand in producer.input:
@@ -233,14 +234,14 @@ def find_groups(model, layout: AttentionLayout | None = None) -> list[SmoothGrou
                     and len(g.consumers.get(g.weight_of(up), [])) == 1
                 ):
                     group.divide_columns = g.weight_of(up)
-                    group.site = f"Mul (gated MLP, up = {up.name})"
+                    group.site, group.kind = f"Mul (gated MLP, up = {up.name})", "gated MLP"
                     groups.append(group)
                     break
         elif len(readers) == 1 and (value := g.value_projection(activation, node, layout)) is not None:
             v_proj, bias, group.value_channel = value
             group.divide_columns = g.weight_of(v_proj)
             group.divide_vectors = [bias] if bias else []
-            group.site = f"attention output (v = {v_proj.name})"
+            group.site, group.kind = f"attention output (v = {v_proj.name})", "attention output"
             groups.append(group)
     return groups
 
@@ -339,6 +340,7 @@ def smooth(
         row = {
             "activation": group.activation,
             "site": group.site,
+            "kind": group.kind,
             "matmuls": len(group.matmuls),
             "alpha": chosen,
             "scale_min": float(scale.min()),
@@ -388,5 +390,3 @@ def _best_site_alpha(group, readers, ranges, batches, sim) -> tuple[float | None
         if best is None or errors[str(alpha)] < best[2]:
             best = (alpha, scale, errors[str(alpha)])
     return best[0], best[1], errors
-
-

@@ -109,6 +109,7 @@ def test_smooth_recovers_int8_on_the_outlier_model(outlier_copy):
     smooth = entry["details"]["smoothquant"]
     assert smooth["alpha"] == 0.8 and smooth["chosen_by"] == "--smooth" and smooth["scale_min"] > 0
     assert smooth["sites"] == 24 and smooth["o_proj"].startswith("6 smoothed through v_proj")
+    assert smooth["by_site"] == {"attention output": 6, "gated MLP": 6, "norm gamma": 12}  # per layer: 1, 1, 2
     assert plain_entry["check"]["cosine_min"] < 0.9 <= 0.98 <= entry["check"]["cosine_min"]
     assert entry["op_counts"]["MatMulInteger"] == plain_entry["op_counts"]["MatMulInteger"]  # no runtime cost
     assert entry["details"]["calibration"]["texts"].startswith("qconv built-in")
@@ -261,6 +262,11 @@ def test_recover_auto_stops_at_the_first_passing_rung(outlier_copy, monkeypatch)
     assert not any(c["meets_target"] for c in failed)
     assert chosen["meets_target"] and chosen["cosine_min"] >= 0.98 and chosen["cosine_mean"] >= 0.995
     assert all(c["latency_ms"] > 0 and c["batch_coupling"]["left_vs_right"] >= 0 for c in recovery["candidates"])
+    assert recovery["source_latency_ms"] > 0
+    assert all(
+        c["speedup_vs_source"] == round(recovery["source_latency_ms"] / c["latency_ms"], 2)
+        for c in recovery["candidates"]
+    )
     assert entry["check"]["cosine_min"] >= 0.98  # on the built-in parity texts too (not used to choose)
     smooth = entry["details"]["smoothquant"]
     assert [s["alpha"] for s in smooth["searched"]] == [0.5, 0.6, 0.7, 0.8, 0.9]
@@ -292,6 +298,29 @@ def test_recover_that_meets_nothing_writes_nothing(artifact_copy, monkeypatch):
     assert given == [["MatMul"], ["MatMul"]]
     assert "q8 accuracy level 4" in str(failed.value) and "q8 accuracy level 1" in str(failed.value)
     assert sorted(p.name for p in (artifact_copy / "onnx").iterdir()) == before
+
+
+@pytest.mark.parametrize("source_ms", [1e-3, 1e6])
+def test_a_chosen_rung_slower_than_its_source_is_said(artifact_copy, monkeypatch, source_ms):
+    from qconv.convert import recovery
+
+    build = recovery.CalibrationSet.build.__func__
+
+    def timed_source(cls, *args):
+        calib = build(cls, *args)
+        calib.source_latency_ms = source_ms  # the fp32 source "ran" in 1 us or in 17 minutes
+        return calib
+
+    monkeypatch.setattr(recovery.CalibrationSet, "build", classmethod(timed_source))
+    monkeypatch.setattr(recovery.RecoveryTarget, "met", lambda self, metrics: True)
+    _, entry = quantize(artifact_copy, "int8", options=QuantizeOptions(preset="avx2", recover="auto"))
+    record = entry["details"]["recovery"]
+    assert record["chosen"] == "int8" and record["source_latency_ms"] == source_ms
+    if source_ms < 1:
+        assert record["candidates"][0]["speedup_vs_source"] < 1
+        assert record["note"].startswith("int8 ran at ") and "saves memory, not time" in record["note"]
+    else:
+        assert record["candidates"][0]["speedup_vs_source"] > 1 and "note" not in record
 
 
 def test_q8_both_accuracy_levels(artifact_copy):
