@@ -511,7 +511,8 @@ class Q8(QuantizationMode):
     modifies_input = True
 
     def variant(self, config):
-        return f"q8_acc{config.accuracy_level}"
+        # Smoothed weights are a different model: the same name would replace (or refuse) the plain one.
+        return f"q8_acc{config.accuracy_level}" + ("_sq" if config.smooth is not None else "")
 
     def resolve(self, config):
         import onnxruntime as ort

@@ -336,6 +336,16 @@ def test_q8_both_accuracy_levels(artifact_copy):
         assert "batch_coupling" in entry["details"]
 
 
+def test_smoothed_q8_is_its_own_variant(artifact_copy):
+    # Smoothed weights are another model: writing them under q8_acc4 replaced (or refused) the plain one.
+    plain, _ = quantize(artifact_copy, "q8", options=QuantizeOptions(accuracy_level=4))
+    smoothed, entry = quantize(artifact_copy, "q8", options=QuantizeOptions(accuracy_level=4, smooth="0.5"))
+    assert (plain, smoothed) == ("q8_acc4", "q8_acc4_sq")
+    assert entry["details"]["smoothquant"]["alpha"] == 0.5
+    assert (artifact_copy / "onnx" / "model_q8_acc4.onnx").is_file()
+    assert (artifact_copy / "onnx" / "model_q8_acc4_sq.onnx").is_file()
+
+
 def test_bad_recovery_input_is_one_line_and_writes_nothing(artifact_copy, run_cli, monkeypatch, tmp_path):
     from qconv.convert import quantize as quantize_module
 
