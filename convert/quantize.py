@@ -1037,21 +1037,27 @@ def _rung_config(rung, config):
 
 
 def _recover(art, model, src, options, excluded, work, calib, external):
-    """--recover auto: the ladder from fastest to safest; the first rung that meets the target wins."""
+    """--recover auto: the ladder from fastest to safest; the first rung that meets the target wins (or its
+    coupling-free twin, when that passes at about the same speed)."""
     from qconv.errors import GateFailed
 
-    from .recovery import LADDER, batch_coupling, describe, log, public
+    from .recovery import LADDER, batch_coupling, describe, log, prefer_twin, public
 
     tried = []
     memo: dict = {}  # the alpha search runs once; later rungs reuse its smoothed graph
     reference = batch_coupling(art, src)  # the fp32 source's own figures, measured once for every rung
-    for index, rung in enumerate(LADDER):
+    by_name = {rung.name: index for index, rung in enumerate(LADDER)}
+
+    def attempt(index: int):
+        """Build and measure one rung: (rung, spec, result, info, metrics, coupling), or None if it cannot
+        run here (recorded as skipped)."""
+        rung = LADDER[index]
         spec = MODES[rung.mode]
         try:
             rung_options = _rung_config(rung, options)
         except QconvError as exc:  # e.g. q8 without 8-bit MatMulNBits kernels in this onnxruntime
             tried.append({"rung": rung.name, "skipped": str(exc)})
-            continue
+            return None
         started = time.perf_counter()
         log(f"rung {rung.name} ({index + 1} of {len(LADDER)})")
         folder = work / f"rung{index}"
@@ -1067,28 +1073,55 @@ def _recover(art, model, src, options, excluded, work, calib, external):
         tried.append(
             {"rung": rung.name, "mode": rung.mode, **public(metrics), "batch_coupling": coupling, "seconds": seconds}
         )
-        if metrics["meets_target"]:
-            info["recovery"] = {
-                "chosen": rung.name,
-                "target": asdict(calib.target),
-                "candidates": tried,
-                "order": [r.name for r in LADDER],
-                "source_latency_ms": calib.source_latency_ms,
-            }
-            speedup = metrics.get("speedup_vs_source")
-            if speedup is not None and speedup < 1:
-                # Accurate but no faster than fp32 here: say so rather than let "recovered INT8" imply speed.
-                info["recovery"]["note"] = (
-                    f"{rung.name} ran at {speedup}x the fp32 source's speed on the calibration batches on this "
-                    "host: it saves memory, not time (qconv bench measures it)"
-                )
-                console.print(f"[yellow]--recover auto: {info['recovery']['note']}[/]")
-            info["mode"] = rung.mode
-            info["batch_coupling"] = coupling
-            return result, info, spec
-        del result
-        shutil.rmtree(folder)  # a failed rung's files, searches included: only the winner stays staged
-        if not any(later.changes.get("smooth") for later in LADDER[index + 1 :]):
-            memo.clear()  # no later rung smooths: free the smoothed graph
+        return rung, spec, result, info, metrics, coupling
+
+    def discard(index: int) -> None:
+        shutil.rmtree(work / f"rung{index}")  # a losing rung's files, searches included: only the winner stays
+
+    for index in range(len(LADDER)):
+        built = attempt(index)
+        if built is None:
+            continue
+        rung, spec, result, info, metrics, coupling = built
+        if not metrics["meets_target"]:
+            del result, built
+            discard(index)
+            if not any(later.changes.get("smooth") for later in LADDER[index + 1 :]):
+                memo.clear()  # no later rung smooths: free the smoothed graph
+            continue
+        preferred = None
+        if rung.twin is not None:
+            twin_index = by_name[rung.twin]
+            twin = attempt(twin_index)
+            why = prefer_twin(metrics, twin[4]) if twin is not None else None
+            if why is not None:
+                log(f"rung {twin[0].name} chosen over {rung.name}: {why}")
+                preferred = {"chosen": twin[0].name, "over": rung.name, "why": why}
+                rung, spec, result, info, metrics, coupling = twin
+                del built, twin
+                discard(index)
+            elif twin is not None:
+                del twin
+                discard(twin_index)
+        info["recovery"] = {
+            "chosen": rung.name,
+            "target": asdict(calib.target),
+            "candidates": tried,
+            "order": [r.name for r in LADDER],
+            "source_latency_ms": calib.source_latency_ms,
+        }
+        if preferred is not None:
+            info["recovery"]["preferred"] = preferred
+        speedup = metrics.get("speedup_vs_source")
+        if speedup is not None and speedup < 1:
+            # Accurate but no faster than fp32 here: say so rather than let "recovered INT8" imply speed.
+            info["recovery"]["note"] = (
+                f"{rung.name} ran at {speedup}x the fp32 source's speed on the calibration batches on this "
+                "host: it saves memory, not time (qconv bench measures it)"
+            )
+            console.print(f"[yellow]--recover auto: {info['recovery']['note']}[/]")
+        info["mode"] = rung.mode
+        info["batch_coupling"] = coupling
+        return result, info, spec
     summary = "; ".join(f"{t['rung']}: {describe(t) if 'skipped' not in t else t['skipped']}" for t in tried)
     raise GateFailed(f"--recover auto: no rung meets the calibration target ({summary}); nothing was written")

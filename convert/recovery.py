@@ -281,6 +281,15 @@ class Rung:
     name: str
     mode: str
     changes: dict  # config fields this rung sets (applied by quantize._rung_config)
+    # A later rung that is the same model without batch coupling (per-token activations) at about the same
+    # speed: when this rung passes, the twin is tried too and wins if it passes and is not slower by more
+    # than TWIN_SLOWER_OK (issue #16: prefer variants without coupling where the speed is equal).
+    twin: str | None = None
+
+
+# How much slower (calibration latency) a coupling-free twin may be and still be preferred: the fused
+# per-token graph ran at 91-119% of plain INT8 in benchmarks, and BENCHMARKS reads ratios < 1.15x as noise.
+TWIN_SLOWER_OK = 0.15
 
 
 # Fastest first: the int8 rungs all run MatMulInteger (smoothing costs nothing at run time; each kept
@@ -288,8 +297,8 @@ class Rung:
 _PER_TENSOR = {"activations": "per-tensor"}
 _PER_TOKEN = {"activations": "per-token"}
 LADDER = (
-    Rung("int8", "int8", {"smooth": None, "keep": None, **_PER_TENSOR}),
-    Rung("int8+smooth", "int8", {"smooth": "auto", "keep": None, **_PER_TENSOR}),
+    Rung("int8", "int8", {"smooth": None, "keep": None, **_PER_TENSOR}, twin="int8 per-token"),
+    Rung("int8+smooth", "int8", {"smooth": "auto", "keep": None, **_PER_TENSOR}, twin="int8 per-token+smooth"),
     # Per-token activations: a few elementwise ops per quantized input, no batch coupling.
     Rung("int8 per-token", "int8", {"smooth": None, "keep": None, **_PER_TOKEN}),
     Rung("int8 per-token+smooth", "int8", {"smooth": "auto", "keep": None, **_PER_TOKEN}),
@@ -297,6 +306,20 @@ LADDER = (
     Rung("q8 accuracy level 4", "q8", {"smooth": None, "keep": None, "accuracy_level": 4}),
     Rung("q8 accuracy level 1", "q8", {"smooth": None, "keep": None, "accuracy_level": 1}),
 )
+
+
+def prefer_twin(first: dict, twin: dict) -> str | None:
+    """Why the coupling-free ``twin`` wins over the passing ``first`` rung (metrics of both), or None."""
+    if not twin["meets_target"]:
+        return None
+    slower = twin["latency_ms"] / max(first["latency_ms"], 0.1) - 1
+    if slower > TWIN_SLOWER_OK:
+        return None
+    return (
+        f"per-token activations (no output depends on what else is in its batch) at about the same speed "
+        f"({twin['latency_ms']} ms against {first['latency_ms']} ms on the calibration batches; up to "
+        f"{TWIN_SLOWER_OK:.0%} slower is preferred)"
+    )
 
 
 def as_dict(target: RecoveryTarget) -> dict:
