@@ -20,7 +20,7 @@ import time
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from qconv.artifact import Artifact, new_build_id, variant_file
 from qconv.console import console
@@ -1036,6 +1036,17 @@ def _rung_config(rung, config):
     return rung_config
 
 
+class _Attempt(NamedTuple):
+    """One ladder rung, built and measured on the calibration batches."""
+
+    rung: object  # recovery.Rung
+    spec: QuantizationMode
+    result: object  # the quantized ModelProto
+    info: dict
+    metrics: dict
+    coupling: dict
+
+
 def _recover(art, model, src, options, excluded, work, calib, external):
     """--recover auto: the ladder from fastest to safest; the first rung that meets the target wins (or its
     coupling-free twin, when that passes at about the same speed)."""
@@ -1048,9 +1059,8 @@ def _recover(art, model, src, options, excluded, work, calib, external):
     reference = batch_coupling(art, src)  # the fp32 source's own figures, measured once for every rung
     by_name = {rung.name: index for index, rung in enumerate(LADDER)}
 
-    def attempt(index: int):
-        """Build and measure one rung: (rung, spec, result, info, metrics, coupling), or None if it cannot
-        run here (recorded as skipped)."""
+    def attempt(index: int) -> _Attempt | None:
+        """Build and measure one rung, or None if it cannot run here (recorded as skipped)."""
         rung = LADDER[index]
         spec = MODES[rung.mode]
         try:
@@ -1073,7 +1083,7 @@ def _recover(art, model, src, options, excluded, work, calib, external):
         tried.append(
             {"rung": rung.name, "mode": rung.mode, **public(metrics), "batch_coupling": coupling, "seconds": seconds}
         )
-        return rung, spec, result, info, metrics, coupling
+        return _Attempt(rung, spec, result, info, metrics, coupling)
 
     def discard(index: int) -> None:
         shutil.rmtree(work / f"rung{index}")  # a losing rung's files, searches included: only the winner stays
@@ -1082,27 +1092,27 @@ def _recover(art, model, src, options, excluded, work, calib, external):
         built = attempt(index)
         if built is None:
             continue
-        rung, spec, result, info, metrics, coupling = built
-        if not metrics["meets_target"]:
-            del result, built
+        if not built.metrics["meets_target"]:
+            del built
             discard(index)
             if not any(later.changes.get("smooth") for later in LADDER[index + 1 :]):
                 memo.clear()  # no later rung smooths: free the smoothed graph
             continue
         preferred = None
-        if rung.twin is not None:
-            twin_index = by_name[rung.twin]
+        if built.rung.twin is not None:
+            twin_index = by_name[built.rung.twin]
             twin = attempt(twin_index)
-            why = prefer_twin(metrics, twin[4]) if twin is not None else None
+            why = prefer_twin(built.metrics, twin.metrics) if twin is not None else None
             if why is not None:
-                log(f"rung {twin[0].name} chosen over {rung.name}: {why}")
-                preferred = {"chosen": twin[0].name, "over": rung.name, "why": why}
-                rung, spec, result, info, metrics, coupling = twin
-                del built, twin
+                log(f"rung {twin.rung.name} chosen over {built.rung.name}: {why}")
+                preferred = {"chosen": twin.rung.name, "over": built.rung.name, "why": why}
+                built, twin = twin, None  # the passing rung's graph is released before its files go
                 discard(index)
             elif twin is not None:
                 del twin
                 discard(twin_index)
+        rung, spec, result, info, metrics, coupling = built
+        del built
         info["recovery"] = {
             "chosen": rung.name,
             "target": asdict(calib.target),
